@@ -1,0 +1,26 @@
+"""lth_sparse: find lottery tickets, export them as CSR, run them with sparse kernels.
+
+Heavy pieces (Triton, the data pipeline) load lazily; `import lth_sparse` stays cheap and never
+fails because the compiled extension is missing (see `lth_sparse.build_info()`).
+"""
+from importlib import import_module
+
+from lth_sparse._ext import build_info
+from lth_sparse._version import __version__
+from lth_sparse.errors import LthSparseError
+
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    "spmm": "lth_sparse.ops",
+    "spmm_t": "lth_sparse.ops",
+    "sddmm": "lth_sparse.ops",
+    "available_backends": "lth_sparse.ops",
+}
+
+__all__ = ["__version__", "build_info", "LthSparseError", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lth_sparse' has no attribute {name!r}")
