@@ -1,0 +1,48 @@
+"""Shared test helpers: the one tolerance table, and random CSR matrices with awkward structure."""
+from __future__ import annotations
+
+import torch
+
+# Per-dtype tolerances (of the values/activations dtype); no magic atol inside a test.
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.float16: dict(rtol=2e-2, atol=2e-2),
+    torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
+}
+
+
+def random_csr(n_rows: int, n_cols: int, density: float, *, empty_rows: int = 0,
+               empty_cols: int = 0, index_dtype=torch.int32, value_dtype=torch.float32,
+               generator: torch.Generator | None = None, device="cpu"):
+    """(indptr int32, indices, values) of a random (n_rows, n_cols) CSR matrix.
+
+    `empty_rows` / `empty_cols` rows and columns (chosen at random) hold no nonzeros on
+    purpose; indices are sorted and unique within each row; values are never zero.
+    """
+    g = generator or torch.Generator().manual_seed(torch.seed() % 2**31)
+    keep = torch.rand(n_rows, n_cols, generator=g) < density
+    if empty_rows:
+        keep[torch.randperm(n_rows, generator=g)[:empty_rows]] = False
+    if empty_cols:
+        keep[:, torch.randperm(n_cols, generator=g)[:empty_cols]] = False
+    rows, cols = keep.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=n_rows)
+    indptr = torch.zeros(n_rows + 1, dtype=torch.int64)
+    indptr[1:] = torch.cumsum(counts, 0)
+    values = torch.randn(rows.numel(), generator=g, dtype=torch.float64)
+    values = values + torch.sign(values) * 0.1  # keep away from zero
+    return (indptr.to(torch.int32).to(device), cols.to(index_dtype).to(device),
+            values.to(value_dtype).to(device))
+
+
+def dense_of(indptr, indices, values, shape, dtype=torch.float64):
+    """Dense matrix of a CSR triple, built independently of the package's own code."""
+    w = torch.zeros(shape, dtype=dtype)
+    ip = indptr.cpu().long().tolist()
+    idx = indices.cpu().long().tolist()
+    val = values.cpu().to(dtype)
+    for r in range(shape[0]):
+        for j in range(ip[r], ip[r + 1]):
+            w[r, idx[j]] += val[j]
+    return w
