@@ -1,0 +1,385 @@
+"""Autograd and modules over the sparse kernels: `SparseLinear`, `SparseMLP`.
+
+Three layers, as in Liger-Kernel: the kernels (`lth_sparse.ops`, pure functions), torch custom
+ops wrapping them (`lth_sparse::spmm`, `lth_sparse::spmm_t`, `lth_sparse::sddmm`, plus
+`lth_sparse::sparse_linear` which carries the autograd formula), and nn.Modules.
+
+The ops are registered with `torch.library.custom_op` and have fake (meta) implementations, so
+`torch.compile(model, fullgraph=True)` traces a SparseMLP forward and backward without graph
+breaks: the compiler sees each kernel as one opaque node of known output shape.
+
+Backward of y = x W^T + b (W in CSR with a fixed pattern, `values` trainable):
+  dY <- dY * (y > 0) when the ReLU is fused,
+  dX = dY W      via spmm_t over the cached transposed pattern (a gather, no atomics),
+  dValues        = sddmm(dY, X): the weight gradient at surviving weights only,
+  dBias          = dY.sum(0).
+Gradients of fp16/bf16 parameters are accumulated in fp32, then cast to the parameter dtype.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lth_sparse import ops
+from lth_sparse.csr import CSRMatrix
+from lth_sparse.errors import BackendUnavailableError, ConfigError
+from lth_sparse.kernels import reference
+
+if TYPE_CHECKING:
+    from lth_sparse.models import MLP
+
+__all__ = ["sparse_linear", "SparseLinear", "SparseMLP"]
+
+
+# The kernels' rule: fp64 stays fp64, everything else accumulates in fp32.
+_acc_dtype = reference.accumulation_dtype
+
+# ---------------------------------------------------------------------------- custom ops
+# Kernel ops: thin wrappers over lth_sparse.ops (which checks arguments and picks the backend at
+# run time). Their fake implementations only state output shape and dtype.
+
+@torch.library.custom_op("lth_sparse::spmm", mutates_args=())
+def _spmm_op(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
+             n_out: int, relu: bool, backend: str) -> Tensor:
+    return ops.spmm(x, indptr, indices, values, n_out, bias=bias, relu=relu, backend=backend)
+
+
+@_spmm_op.register_fake
+def _(x, indptr, indices, values, bias, n_out, relu, backend):
+    return x.new_empty((x.shape[0], n_out))
+
+
+@torch.library.custom_op("lth_sparse::spmm_t", mutates_args=())
+def _spmm_t_op(dy: Tensor, t_indptr: Tensor, t_indices: Tensor, t_values: Tensor, n_in: int,
+               backend: str) -> Tensor:
+    return ops.spmm_t(dy, t_indptr, t_indices, t_values, n_in, backend=backend)
+
+
+@_spmm_t_op.register_fake
+def _(dy, t_indptr, t_indices, t_values, n_in, backend):
+    return dy.new_empty((dy.shape[0], n_in))
+
+
+@torch.library.custom_op("lth_sparse::sddmm", mutates_args=())
+def _sddmm_op(dy: Tensor, x: Tensor, indptr: Tensor, indices: Tensor, out_dtype: torch.dtype,
+              backend: str) -> Tensor:
+    return ops.sddmm(dy, x, indptr, indices, backend=backend, out_dtype=out_dtype)
+
+
+@_sddmm_op.register_fake
+def _(dy, x, indptr, indices, out_dtype, backend):
+    return dy.new_empty((indices.shape[0],), dtype=out_dtype)
+
+
+# The differentiable op. It takes the transposed pattern (t_indptr, t_indices, perm) as inputs
+# so that its backward can reach them: register_autograd's backward sees only the op's inputs.
+@torch.library.custom_op("lth_sparse::sparse_linear", mutates_args=())
+def _sparse_linear_op(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor,
+                      bias: Optional[Tensor], t_indptr: Tensor, t_indices: Tensor, perm: Tensor,
+                      n_out: int, relu: bool, backend: str) -> Tensor:
+    return ops.spmm(x, indptr, indices, values, n_out, bias=bias, relu=relu, backend=backend)
+
+
+@_sparse_linear_op.register_fake
+def _(x, indptr, indices, values, bias, t_indptr, t_indices, perm, n_out, relu, backend):
+    return x.new_empty((x.shape[0], n_out))
+
+
+def _setup_context(ctx, inputs, output):
+    x, indptr, indices, values, bias, t_indptr, t_indices, perm, n_out, relu, backend = inputs
+    ctx.relu = relu
+    ctx.backend = backend
+    ctx.has_bias = bias is not None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    # The ReLU mask is read from the output (y > 0 iff the pre-activation > 0): no extra buffer.
+    ctx.save_for_backward(x, indptr, indices, values, t_indptr, t_indices, perm,
+                          output if relu else None)
+
+
+def _backward(ctx, grad_y):
+    x, indptr, indices, values, t_indptr, t_indices, perm, y = ctx.saved_tensors
+    need_x, need_values, need_bias = (ctx.needs_input_grad[0], ctx.needs_input_grad[3],
+                                      ctx.needs_input_grad[4])
+    dy = grad_y
+    if ctx.relu:
+        dy = dy * (y > 0).to(dy.dtype)
+    dy = dy.to(x.dtype)  # kernels take activations and gradients in one dtype
+    dx = dvalues = dbias = None
+    if need_x:
+        # W^T's values in the transposed order; perm was built once with the pattern.
+        dx = _spmm_t_op(dy, t_indptr, t_indices, values[perm], x.shape[1], ctx.backend)
+    if need_values:
+        dvalues = _sddmm_op(dy, x, indptr, indices, _acc_dtype(values.dtype),
+                            ctx.backend).to(values.dtype)
+    if need_bias and ctx.has_bias:
+        dbias = dy.sum(0, dtype=_acc_dtype(ctx.bias_dtype)).to(ctx.bias_dtype)
+    return dx, None, None, dvalues, dbias, None, None, None, None, None, None
+
+
+_sparse_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sparse_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor,
+                  bias: Tensor | None, t_indptr: Tensor, t_indices: Tensor, perm: Tensor,
+                  n_out: int, relu: bool = False, backend: str = "auto") -> Tensor:
+    """Differentiable y = x W^T + b (then ReLU if `relu`), W CSR of shape (n_out, K).
+
+    x: (B, K) float; indptr (n_out+1,) int32/int64; indices (nnz,) int32/int64/uint16;
+    values (nnz,) float, same dtype as x; bias (n_out,) or None; the transposed pattern
+    (t_indptr (K+1,), t_indices (nnz,), perm (nnz,) int64) with W^T's values = values[perm].
+    Returns (B, n_out) in x's dtype. Gradients flow to x, values and bias.
+    """
+    return _sparse_linear_op(x, indptr, indices, values, bias, t_indptr, t_indices, perm,
+                             int(n_out), bool(relu), backend)
+
+
+# ---------------------------------------------------------------------------- modules
+
+def _check_backend_name(backend: str) -> str:
+    """Raise now (not at the first forward) for an unknown or unavailable backend."""
+    if backend == "auto":
+        return backend
+    if backend not in ops.BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of auto, {', '.join(ops.BACKENDS)}")
+    ok, reason = ops.backend_status(backend)
+    if not ok:
+        raise BackendUnavailableError(f"backend {backend!r} is unavailable: {reason}")
+    return backend
+
+
+class SparseLinear(nn.Module):
+    """y = x W^T + b with W stored in CSR (fixed pattern, trainable values); ReLU fused if `relu`.
+
+    Parameters: `values` (nnz,) and `bias` (out_features,) or None. Buffers (moved by .to(),
+    saved in state_dict): `indptr` (out+1,), `indices` (nnz,) column ids, and the cached
+    transposed pattern `t_indptr` (in+1,), `t_indices` (nnz,) row ids, `perm` (nnz,) int64 with
+    W^T's values = values[perm] (used by backward for dX without atomics).
+
+    Input (..., in_features) in the values' dtype -> output (..., out_features); a 1-D input
+    (in_features,) gives (out_features,), as nn.Linear does. Only stored weights ever get a
+    gradient: pruned weights do not exist here.
+    """
+
+    def __init__(self, csr: CSRMatrix, bias: Tensor | None = None, backend: str = "auto",
+                 relu: bool = False, name: str = "weight"):
+        super().__init__()
+        if not isinstance(csr, CSRMatrix):
+            raise TypeError(f"SparseLinear needs a CSRMatrix, got {type(csr).__name__}; build one "
+                            "with CSRMatrix.from_dense(...) or use SparseLinear.from_linear(...)")
+        csr.validate(name)
+        n_out, n_in = csr.shape
+        t_indptr, t_indices, perm = csr.transpose_pattern()
+        self.values = nn.Parameter(csr.values.detach().clone())
+        if bias is not None:
+            bias = torch.as_tensor(bias).detach()
+            if bias.shape != (n_out,):
+                raise ValueError(f"layer {name!r}: bias must have shape ({n_out},) to match the "
+                                 f"weight's {n_out} rows, got {tuple(bias.shape)}")
+            # One dtype per layer: the kernels take bias in the activations' (= values') dtype.
+            bias = nn.Parameter(bias.to(device=csr.device, dtype=csr.dtype).clone())
+        self.bias = bias
+        self.register_buffer("indptr", csr.indptr.clone())
+        self.register_buffer("indices", csr.indices.clone())
+        self.register_buffer("t_indptr", t_indptr.clone())
+        self.register_buffer("t_indices", t_indices.clone())
+        self.register_buffer("perm", perm.clone())
+        self.relu = bool(relu)
+        self.backend = _check_backend_name(backend)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, backend: str = "auto", relu: bool = False,
+                    index_dtype="auto", value_dtype: torch.dtype | None = None,
+                    name: str = "weight") -> "SparseLinear":
+        """From an nn.Linear: pruned with torch.nn.utils.prune (weight_mask defines the pattern)
+        or plain (its nonzero weights define it). The bias is copied (cast to the values' dtype)."""
+        csr = CSRMatrix.from_linear(linear, index_dtype=index_dtype, value_dtype=value_dtype,
+                                    name=name)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        return cls(csr, bias, backend=backend, relu=relu, name=name)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def in_features(self) -> int:
+        return self.t_indptr.numel() - 1
+
+    @property
+    def out_features(self) -> int:
+        return self.indptr.numel() - 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the dense weight that is pruned away: 1 - nnz / (out * in)."""
+        return 1.0 - self.nnz / (self.out_features * self.in_features)
+
+    def set_backend(self, backend: str) -> "SparseLinear":
+        self.backend = _check_backend_name(backend)
+        return self
+
+    def to_csr(self) -> CSRMatrix:
+        """The current weight as a CSRMatrix (detached copy of the values)."""
+        return CSRMatrix(self.indptr.clone(), self.indices.clone(), self.values.detach().clone(),
+                         self.shape)
+
+    def to_dense_weight(self) -> Tensor:
+        """Dense (out_features, in_features) weight, zeros where pruned (differentiable)."""
+        return reference.to_dense(self.indptr, self.indices, self.values, self.shape)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"nnz={self.nnz}, sparsity={self.sparsity:.4f}, bias={self.bias is not None}, "
+                f"relu={self.relu}, backend={self.backend!r}, values={self.values.dtype}, "
+                f"indices={self.indices.dtype}")
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        n_in, n_out = self.in_features, self.out_features
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != n_in:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"SparseLinear expects input (..., {n_in}) (in_features={n_in}), "
+                             f"got {got}")
+        if x.dtype != self.values.dtype:
+            raise TypeError(f"SparseLinear input dtype {x.dtype} differs from the layer's "
+                            f"{self.values.dtype}; convert the input (x.to({self.values.dtype})) "
+                            "or the model (model.to(dtype))")
+        lead = x.shape[:-1]
+        y = sparse_linear(x.reshape(-1, n_in), self.indptr, self.indices, self.values, self.bias,
+                          self.t_indptr, self.t_indices, self.perm, n_out, self.relu, self.backend)
+        return y.reshape(*lead, n_out)
+
+
+class SparseMLP(nn.Module):
+    """A stack of SparseLinear layers with ReLU between (fused into the hidden layers' kernels).
+
+    input (B, in) or (B, 1, 28, 28) (flattened to (B, in)) in the values' dtype -> logits
+    (B, num_classes). Layers live in the nn.ModuleDict `layers`, named "fc1", "fc2", ... unless
+    names are given; the ReLU flag of each layer is set here (all but the last).
+    """
+
+    def __init__(self, layers: Sequence[SparseLinear] | dict[str, SparseLinear],
+                 activation: str = "relu"):
+        super().__init__()
+        if activation != "relu":
+            raise ConfigError(f"unsupported activation {activation!r}; SparseMLP supports 'relu'")
+        if not isinstance(layers, dict):
+            layers = {f"fc{i + 1}": layer for i, layer in enumerate(layers)}
+        if not layers:
+            raise ConfigError("SparseMLP needs at least one layer")
+        items = list(layers.items())
+        for i, (name, layer) in enumerate(items):
+            if not isinstance(layer, SparseLinear):
+                raise TypeError(f"layer {name!r} must be a SparseLinear, got {type(layer).__name__}")
+            if i and layer.in_features != items[i - 1][1].out_features:
+                prev = items[i - 1][0]
+                raise ConfigError(f"layer {name!r} takes {layer.in_features} inputs but layer "
+                                  f"{prev!r} produces {items[i - 1][1].out_features}")
+            layer.relu = i < len(items) - 1
+        self.activation = activation
+        self.layers = nn.ModuleDict(layers)
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_csr_layers(cls, layers: Sequence[tuple[str, CSRMatrix, Tensor | None]],
+                        activation: str = "relu", backend: str = "auto") -> "SparseMLP":
+        """From (name, CSRMatrix (out, in), bias (out,) or None) per layer, input to output."""
+        return cls({name: SparseLinear(csr, bias, backend=backend, name=name)
+                    for name, csr, bias in layers}, activation=activation)
+
+    @classmethod
+    def from_mlp(cls, mlp: nn.Module, backend: str = "auto", index_dtype="auto",
+                 value_dtype: torch.dtype | None = None) -> "SparseMLP":
+        """From an lth_sparse.models.MLP (its `layers` of nn.Linear), pruned with
+        torch.nn.utils.prune (weight_mask defines each pattern) or dense (nonzeros define it).
+
+        index_dtype: "auto" (uint16 when in_features <= 65536), torch.int32 or torch.int64.
+        value_dtype: dtype of values and bias (default: the MLP's weight dtype).
+        """
+        linears = getattr(mlp, "layers", None)
+        if linears is None or not all(isinstance(m, nn.Linear) for m in linears):
+            raise TypeError("from_mlp needs a model whose `layers` are nn.Linear modules "
+                            f"(lth_sparse.models.MLP), got {type(mlp).__name__}")
+        return cls({f"fc{i + 1}": SparseLinear.from_linear(
+                        lin, backend=backend, index_dtype=index_dtype, value_dtype=value_dtype,
+                        name=f"fc{i + 1}")
+                    for i, lin in enumerate(linears)})
+
+    # ------------------------------------------------------------------ exports
+
+    def to_csr_layers(self) -> list[tuple[str, CSRMatrix, Tensor | None]]:
+        """The inverse of from_csr_layers: (name, CSRMatrix, bias or None) per layer (copies)."""
+        return [(name, layer.to_csr(),
+                 layer.bias.detach().clone() if layer.bias is not None else None)
+                for name, layer in self.layers.items()]
+
+    def to_dense_mlp(self, masks: bool = False) -> "MLP":
+        """An lth_sparse.models.MLP with the same weights (zeros where pruned), dtype and device.
+
+        masks=True also attaches torch.nn.utils.prune masks of the patterns (weight_mask), so
+        that training the dense model keeps pruned weights at zero.
+        """
+        from lth_sparse.models import MLP
+
+        layers = list(self.layers.values())
+        mlp = MLP(input_size=layers[0].in_features,
+                  hidden=tuple(layer.out_features for layer in layers[:-1]),
+                  num_classes=layers[-1].out_features)
+        mlp.to(device=layers[0].values.device, dtype=layers[0].values.dtype)
+        with torch.no_grad():
+            for sparse, dense in zip(layers, mlp.layers):
+                dense.weight.copy_(sparse.to_dense_weight())
+                if sparse.bias is not None:
+                    dense.bias.copy_(sparse.bias)
+                else:
+                    dense.bias.zero_()
+        if masks:
+            from torch.nn.utils import prune
+            for sparse, dense in zip(layers, mlp.layers):
+                mask = reference.to_dense(sparse.indptr, sparse.indices,
+                                          torch.ones_like(sparse.values), sparse.shape)
+                prune.custom_from_mask(dense, "weight", mask)
+        return mlp
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.layers.keys())
+
+    @property
+    def nnz(self) -> int:
+        return sum(layer.nnz for layer in self.layers.values())
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of all weights (biases excluded) that are pruned away."""
+        dense = sum(layer.in_features * layer.out_features for layer in self.layers.values())
+        return 1.0 - self.nnz / dense
+
+    @property
+    def in_features(self) -> int:
+        return next(iter(self.layers.values())).in_features
+
+    def set_backend(self, backend: str) -> "SparseMLP":
+        """Run every layer on `backend` ("auto", "reference", "cpu" or "triton")."""
+        _check_backend_name(backend)
+        for layer in self.layers.values():
+            layer.set_backend(backend)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for layer in self.layers.values():
+            x = layer(x)
+        return x
