@@ -100,6 +100,10 @@ class CSRMatrix:
     def __setattr__(self, name, value):
         raise AttributeError("CSRMatrix is immutable; build a new one (e.g. with .to())")
 
+    def __reduce__(self):
+        # pickle / copy / torch.save rebuild through __init__ (the slots are write-protected)
+        return (CSRMatrix, (self.indptr, self.indices, self.values, self.shape))
+
     # ------------------------------------------------------------------ properties
 
     @property

@@ -136,6 +136,22 @@ def test_immutable():
         m.values = torch.zeros(2)
 
 
+def test_pickle_copy_and_torch_save(tmp_path):
+    import copy
+    import pickle
+
+    m = CSRMatrix.from_dense(_awkward_dense())
+    m32 = m.to(index_dtype=torch.int32)
+    # Plain pickle of a uint16 tensor fails inside torch 2.x itself (UntypedStorage has no dtype),
+    # so pickle is checked with int32 indices; deepcopy and torch.save handle uint16.
+    for other, ref in ((pickle.loads(pickle.dumps(m32)), m32), (copy.deepcopy(m), m)):
+        assert torch.equal(other.to_dense(), ref.to_dense()) and other.shape == ref.shape
+        assert other.index_dtype == ref.index_dtype
+    torch.save({"fc1": m}, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)["fc1"]
+    assert torch.equal(loaded.to_dense(), m.to_dense())
+
+
 # ------------------------------------------------------------------------- transpose
 
 
