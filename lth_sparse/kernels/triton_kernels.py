@@ -82,8 +82,10 @@ def _prune_batched(configs, named_args, **kwargs):
 def spmm_csr_kernel(
     # pointers: dense input, CSR arrays of W (N x K), optional bias, row schedule, output
     x_ptr, indptr_ptr, indices_ptr, values_ptr, bias_ptr, row_order_ptr, out_ptr,
-    # sizes: batch, rows of W (= output columns), columns of W (autotune key only)
-    B, N, K,
+    # sizes: batch, rows of W (= output columns), columns of W (autotune key only), and the
+    # batch lanes that may be read (B, or the zero-padded width of a batch-major copy of x: a
+    # multiple of 16 keeps the load mask uniform over 16 lanes, so the gathers vectorise)
+    B, N, K, B_LOAD,
     # strides (elements) of x (B, K) and out (B, N); x may be a transposed view (stride_xb == 1)
     stride_xb, stride_xk, stride_ob, stride_on,
     # autotune keys, not read: next_pow2(B) and next_pow2(mean nonzeros per row)
@@ -98,6 +100,7 @@ def spmm_csr_kernel(
     pid_r = tl.program_id(1)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = offs_b < B
+    mask_load_b = offs_b < B_LOAD
     x_tile = x_ptr + offs_b[:, None] * stride_xb
     for i in tl.static_range(ROWS_PER_PROG):
         slot = pid_r * ROWS_PER_PROG + i
@@ -114,7 +117,7 @@ def spmm_csr_kernel(
             cols = tl.load(indices_ptr + offs, mask=mask_nz, other=0).to(tl.int32)
             vals = tl.load(values_ptr + offs, mask=mask_nz, other=0.0).to(tl.float32)
             xg = tl.load(x_tile + cols[None, :] * stride_xk,
-                         mask=mask_b[:, None] & mask_nz[None, :], other=0.0).to(tl.float32)
+                         mask=mask_load_b[:, None] & mask_nz[None, :], other=0.0).to(tl.float32)
             acc += xg * vals[None, :]
         y = tl.sum(acc, axis=1)
         if HAS_BIAS:
