@@ -1,0 +1,45 @@
+"""Test-session setup shared by every test file.
+
+- Without CUDA, Triton kernels run through Triton's interpreter: TRITON_INTERPRET must be set
+  before any @triton.jit function is created, so it is set here, first.
+- Tests marked `cuda` are skipped without a GPU (CI has none; they run where one is lent).
+- Tests marked `mnist` need the MNIST files: they skip when the data is missing, except when
+  LTH_SPARSE_REQUIRE_DATA=1 (CI), where missing data is a failure.
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mnist_root() -> Path:
+    env = os.environ.get("LTH_SPARSE_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """Folder holding MNIST/raw/*-ubyte (torchvision layout)."""
+    root = _mnist_root()
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        msg = f"MNIST not found under {root}/MNIST/raw; set LTH_SPARSE_DATA to the folder holding MNIST/"
+        if os.environ.get("LTH_SPARSE_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
