@@ -374,6 +374,7 @@ class Provider:
     available: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
     precision: Callable[[str], str] = lambda dtype: dtype
     in_default: bool = True     # part of "all available" (the reference is opt-in)
+    default_devices: tuple[str, ...] | None = None   # where it is in the default set (None: all)
     ours: bool = False          # one of this package's kernels (targets use the best of these)
     description: str = ""
 
@@ -469,12 +470,6 @@ def _backend_available(name: str):
     return available
 
 
-def _triton_available():
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU (Triton is skipped in CPU timing grids)"
-    return _backend_available("triton")()
-
-
 def _scipy_available():
     try:
         import scipy.sparse  # noqa: F401
@@ -508,8 +503,10 @@ def default_providers() -> dict[str, Provider]:
         Provider("ours-cpu-u16", _u16_build, devices=("cpu",),
                  available=_backend_available("cpu"), ours=True,
                  description="lth_sparse C++ kernel, uint16 indices"),
-        Provider("triton", _ops_build("triton"), devices=("cuda",),
-                 available=_triton_available, ours=True,
+        # On CPU only when asked for by name, under TRITON_INTERPRET (a correctness check of
+        # the wiring; interpreter timings mean nothing, so it is never in a default CPU grid).
+        Provider("triton", _ops_build("triton"), default_devices=("cuda",),
+                 available=_backend_available("triton"), ours=True,
                  description="lth_sparse Triton kernel"),
         Provider("reference", _ops_build("reference"), in_default=False,
                  description="pure-PyTorch reference kernel (the oracle; opt-in)"),
@@ -597,8 +594,8 @@ def time_cuda(fn: Callable[[], object], *, budget_s: float = 0.25, repeats: int 
         do_bench = do_bench_cudagraph = None
     if graph and do_bench_cudagraph is not None:
         try:
-            with torch.cuda.stream(torch.cuda.Stream()):
-                samples = do_bench_cudagraph(fn, rep=rep_ms, return_mode="all")
+            # each sample is the mean of one graph replay of many unrolled calls
+            samples = do_bench_cudagraph(fn, rep=rep_ms, return_mode="all")
             return _summary(samples, "cuda-graph")
         except Exception:  # not capturable (e.g. a library call that syncs): time it plainly
             torch.cuda.synchronize()
@@ -657,7 +654,8 @@ def select_providers(cfg: BenchConfig, registry: dict[str, Provider]) -> list[Pr
                               f"{', '.join(registry)}")
         return [registry[n] for n in cfg.providers]
     chosen = [p for p in registry.values()
-              if p.in_default and cfg.device in p.devices and p.available()[0]]
+              if p.in_default and cfg.device in p.devices and p.available()[0]
+              and cfg.device in (p.default_devices or p.devices)]
     if cfg.quick and "reference" in registry:
         chosen.append(registry["reference"])
     return chosen
@@ -968,23 +966,31 @@ def evaluate_targets(rows: list[dict], device: str, registry: dict[str, Provider
     targets = GPU_TARGETS if device == "cuda" else CPU_TARGETS
     ours = {n for n, p in registry.items() if p.ours} | {"sparse-cpu", "sparse-triton"}
     out = []
+    dtype = "bf16" if device == "cuda" else "fp32"
+
+    def in_range(batch, batches):
+        return batch >= batches[1] if batches[0] == "ge" else batch in batches
+
     for label, kind, shape, sparsity, batches, baseline, need in targets:
-        dtype = "bf16" if device == "cuda" else "fp32"
         cells = [r for r in rows if r["kind"] == kind and r["shape"] == shape
-                 and r["dtype"] == dtype and abs(r["sparsity"] - sparsity) < 1e-9
-                 and (r["batch"] >= batches[1] if batches and batches[0] == "ge"
-                      else r["batch"] in batches)]
-        by_batch: dict = {}
-        for r in cells:
-            by_batch.setdefault(r["batch"], []).append(r)
+                 and abs(r["sparsity"] - sparsity) < 1e-9 and in_range(r["batch"], batches)
+                 and r["status"] == "ok"]
         ratios = []
-        for batch, cell in sorted(by_batch.items()):
-            bases = [r for r in cell if r["status"] == "ok" and r["provider"] == baseline]
-            mine = [r for r in cell if r["status"] == "ok" and r["provider"] in ours]
+        for batch in sorted({r["batch"] for r in cells if r["dtype"] == dtype}):
+            cell = [r for r in cells if r["batch"] == batch and r["dtype"] == dtype]
+            bases = [r for r in cell if r["provider"] == baseline]
+            note = ""
+            if not bases and baseline == "torch-csr":
+                # torch.sparse may not support bf16 here: its fp32 time is the best it can do
+                bases = [r for r in cells if r["batch"] == batch and r["provider"] == baseline
+                         and r["dtype"] == "fp32"]
+                note = f" (torch-csr in fp32: no {dtype} support)"
+            mine = [r for r in cell if r["provider"] in ours]
             if not bases or not mine:
                 continue
             best = min(mine, key=lambda r: r["median_ms"])
-            ratios.append((bases[0]["median_ms"] / best["median_ms"], batch, best["provider"]))
+            ratios.append((bases[0]["median_ms"] / best["median_ms"], batch,
+                           best["provider"] + note))
         if not ratios:
             out.append(dict(target=label, required=need, measured=None, status="not measured",
                             detail="no successful side-by-side measurement in this run"))
@@ -1306,7 +1312,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--repeats", type=int, default=None,
       help="timed samples per cell (default: as many as fit --budget)")
     a("--budget", type=float, default=None,
-      help="seconds of timing per cell when --repeats is not given (default 0.25; quick 0.02)")
+      help="seconds of timing per cell when --repeats is not given (default cpu 0.25, cuda 0.1, "
+           "quick 0.02)")
     a("--threads", type=int, default=None, help="CPU threads (default: torch's current count)")
     a("--cache", choices=("auto", "hot", "cold"), default="auto",
       help="CPU: evict caches before each timed call (cold), never (hot), or for weights "
@@ -1349,7 +1356,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                                     "train-batches")
     if args.providers:
         cfg.providers = _parse_list(args.providers, str, "providers")
-    cfg.budget_s = args.budget if args.budget is not None else (0.02 if q else 0.25)
+    # do_bench takes many samples in 0.1 s on a GPU; CPU cells need longer for a stable median
+    cfg.budget_s = args.budget if args.budget is not None else (
+        0.02 if q else 0.1 if dev == "cuda" else 0.25)
     if cfg.repeats is not None and cfg.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {cfg.repeats}")
     if cfg.threads is not None and cfg.threads < 1:

@@ -94,12 +94,35 @@ def test_wrong_provider_is_failed_and_not_timed(tmp_path):
 
 def test_unavailable_provider_is_skipped_with_reason(tmp_path):
     reg = bench.default_providers()
+    absent = bench.Provider("absent", reg["dense"].build,
+                            available=lambda: (False, "not built on this machine"))
     cfg = bench.config_from_args(_quick(tmp_path, "--mode", "inference", "--no-plots",
-                                        "--providers", "dense,triton", "--shapes", "20x10",
-                                        "--sparsities", "0.5", "--batches", "2"))
+                                        "--shapes", "20x10", "--sparsities", "0.5",
+                                        "--batches", "2"))
+    rows = bench.run_benchmarks(cfg, providers=[reg["dense"], absent])["rows"]
+    skipped = [r for r in rows if r["provider"] == "absent"]
+    assert skipped and all(r["status"] == "SKIPPED" and r["median_ms"] is None for r in skipped)
+    assert skipped[0]["reason"] == "not built on this machine"
+
+
+def test_triton_is_not_in_the_default_cpu_grid(tmp_path):
+    cfg = bench.config_from_args(_quick(tmp_path))
+    assert "triton" not in [p.name for p in bench.select_providers(cfg, bench.default_providers())]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter path is for CPU-only hosts")
+def test_triton_provider_wiring_under_the_interpreter(tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from lth_sparse import ops
+    if not ops.backend_status("triton")[0]:
+        pytest.skip(ops.backend_status("triton")[1])
+    cfg = bench.config_from_args(_quick(tmp_path, "--mode", "inference", "--no-plots",
+                                        "--providers", "dense,triton", "--shapes", "37x19",
+                                        "--sparsities", "0.7", "--batches", "3"))
     rows = bench.run_benchmarks(cfg)["rows"]
     tri = [r for r in rows if r["provider"] == "triton"]
-    assert tri and all(r["status"] == "SKIPPED" and r["reason"] for r in tri)
+    assert tri and tri[0]["status"] == "ok", tri
 
 
 @pytest.mark.parametrize("flag, value", [("--shapes", "784by300"), ("--sparsities", "1.5"),
@@ -178,3 +201,26 @@ def test_ticket_end_to_end_with_accuracy_hook(tmp_path):
     assert sorted(seen) == ["MLP", "SparseMLP"]
     md = (tmp_path / "out" / "results.md").read_text()
     assert "Ticket end to end" in md and "50.00%" in md
+
+
+def test_gpu_targets_use_the_worst_batch_and_fall_back_to_fp32_torch_csr():
+    def row(provider, ms, batch, dtype="bf16", sparsity=0.9):
+        return bench._row(kind="spmm", shape="4096x4096", sparsity=sparsity, batch=batch,
+                          dtype=dtype, device="cuda", provider=provider, status="ok",
+                          median_ms=ms)
+    rows = [row("dense", 0.03, 1), row("triton", 0.01, 1),      # 3x
+            row("dense", 0.03, 16), row("triton", 0.015, 16),   # 2x: the worst batch
+            row("torch-csr", 0.1, 1, "fp32"), row("torch-csr", 0.1, 16, "fp32"),
+            row("dense", 1.0, 1024, sparsity=0.98), row("triton", 0.5, 1024, sparsity=0.98),
+            row("dense", 2.0, 4096, sparsity=0.98), row("triton", 1.0, 4096, sparsity=0.98)]
+    targets = {t["target"]: t for t in bench.evaluate_targets(rows, "cuda",
+                                                              bench.default_providers())}
+    t = targets["4096x4096 90% bf16 batch 1-16 vs dense bf16"]
+    assert t["status"] == "missed" and t["measured"] == pytest.approx(2.0)
+    assert "batch 16" in t["detail"]
+    t = targets["4096x4096 90% bf16 batch 1-16 vs torch.sparse"]
+    assert t["status"] == "met" and "fp32" in t["detail"]
+    t = targets["4096x4096 98% bf16 batch >= 1024 vs dense bf16"]
+    assert t["status"] == "met" and t["measured"] == pytest.approx(2.0)
+    assert targets["train 784-4096-4096-10 95% bf16 batch 256 faster than dense masked"][
+        "status"] == "not measured"
