@@ -15,6 +15,18 @@ _LAZY = {
     "spmm_t": "lth_sparse.ops",
     "sddmm": "lth_sparse.ops",
     "available_backends": "lth_sparse.ops",
+    "CSRMatrix": "lth_sparse.csr",
+    "SparseLinear": "lth_sparse.sparse_nn",
+    "SparseMLP": "lth_sparse.sparse_nn",
+    "save_ticket": "lth_sparse.ticket",
+    "read_ticket": "lth_sparse.ticket",
+    "load_ticket": "lth_sparse.ticket",
+    "MLP": "lth_sparse.models",
+    "ExperimentConfig": "lth_sparse.config",
+    "find_ticket": "lth_sparse.lottery",
+    "export_run": "lth_sparse.export",
+    "train_ticket": "lth_sparse.sparse_training",
+    "load_dataset": "lth_sparse.data",
 }
 
 __all__ = ["__version__", "build_info", "LthSparseError", *_LAZY]

@@ -5,7 +5,7 @@ import statistics
 from pathlib import Path
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub-markdown table (readable as plain text too)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
@@ -37,7 +37,7 @@ def round_table(metrics: list[dict]) -> str:
             row.append("-" if cm is None else
                        f"{100 * cm['test_acc_at_early_stop']:.2f} ({cm['early_stop_iteration']})")
         rows.append(row)
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -64,7 +64,7 @@ def seeds_table(runs: list[list[dict]]) -> str:
                 scale = 100 if key == "test_acc_at_early_stop" else 1
                 row.append(_mean_std([scale * v for v in vals]) if vals else "-")
         rows.append(row)
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def runs_listing(runs: list[dict]) -> str:
@@ -72,7 +72,7 @@ def runs_listing(runs: list[dict]) -> str:
         return "no runs yet: start one with `lth-sparse find-ticket` (or `lth-sparse demo`)"
     rows = [[r["run_id"], f"{r['rounds_done']}/{r['rounds_total']}", r["package_version"], r["path"]]
             for r in runs]
-    return _table(["run", "rounds done", "version", "path"], rows)
+    return markdown_table(["run", "rounds done", "version", "path"], rows)
 
 
 def plot_runs(runs: list[list[dict]], path: str | Path) -> Path:

@@ -1,0 +1,205 @@
+"""`lth-sparse` command line: find-ticket, show, export, train-ticket, bench, demo, info.
+
+Every experiment option comes from the config dataclasses (lth_sparse.config): defaults, then a
+--config file (JSON or TOML), then flags. Errors a user can cause print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from lth_sparse.config import ExperimentConfig, load_config_file, set_field
+from lth_sparse.errors import LthSparseError
+
+EXIT_USER_ERROR = 2
+
+
+# -------------------------------------------------------------------------- config options
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (--iterations, --rate, ...), grouped by section."""
+    parser.add_argument("--config", help="JSON or TOML file with sections [data], [model], "
+                                          "[prune], [train], [lottery]; flags override it")
+    defaults = ExperimentConfig()
+    for section in ExperimentConfig.SECTIONS:
+        group = parser.add_argument_group(section)
+        obj = getattr(defaults, section)
+        for f in fields(obj):
+            default = getattr(obj, f.name)
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg:{section}.{f.name}",
+                               default=argparse.SUPPRESS, metavar=f.name.upper(),
+                               help=f"{f.metadata['help']} (default: {shown})")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """Defaults < --config file < flags; validated."""
+    cfg = ExperimentConfig.from_dict(load_config_file(args.config)) if args.config else ExperimentConfig()
+    for key, value in vars(args).items():
+        if key.startswith("cfg:"):
+            section, name = key[4:].split(".")
+            set_field(getattr(cfg, section), section, name, value)
+    return cfg.validate()
+
+
+def _add_runs_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="where run directories live (default: $LTH_SPARSE_RUNS or ./runs)")
+
+
+# -------------------------------------------------------------------------- commands
+
+def cmd_find_ticket(args) -> int:
+    from lth_sparse.lottery import find_ticket
+    from lth_sparse.report import round_table
+
+    cfg = config_from_args(args)
+    run = find_ticket(cfg, args.runs_dir)
+    print(f"\nrun {run.run_id} at {run.path}\n")
+    print(round_table(run.all_metrics()))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from lth_sparse.report import plot_runs, round_table, runs_listing, seeds_table
+    from lth_sparse.store import Index, default_runs_dir, open_run
+
+    if not args.runs:
+        print(runs_listing(Index(args.runs_dir or default_runs_dir()).runs()))
+        return 0
+    runs = [open_run(r, args.runs_dir) for r in args.runs]
+    for run in runs:
+        cfg = run.read_config()
+        print(f"run {run.run_id} ({run.path}): {cfg.prune.method} pruning, "
+              f"{cfg.train.iterations} iterations/round, rewind to iteration "
+              f"{cfg.lottery.rewind_iteration}, seed {cfg.train.seed}")
+        print(round_table(run.all_metrics()))
+        print()
+    if len(runs) > 1:
+        print(f"mean +/- std over {len(runs)} runs")
+        print(seeds_table([r.all_metrics() for r in runs]))
+    if args.plot:
+        plot_runs([r.all_metrics() for r in runs], args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lth_sparse.export import export_run
+
+    paths = export_run(args.run, args.output, round_=args.round, sparsity=args.sparsity,
+                       weights=args.weights, fmt=args.format, runs_dir=args.runs_dir)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_train_ticket(args) -> int:
+    from lth_sparse.sparse_training import train_ticket
+
+    train_ticket(args.run, round_=args.round, backend=args.backend, iterations=args.iterations,
+                 compare_dense=not args.no_dense, runs_dir=args.runs_dir)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from lth_sparse import bench
+    return bench.run(args)
+
+
+def cmd_demo(args) -> int:
+    from lth_sparse.demo import run_demo
+    return run_demo(runs_dir=args.runs_dir, data_dir=args.data_dir, iterations=args.iterations)
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from lth_sparse import __version__, build_info
+    from lth_sparse.ops import available_backends
+
+    print(json.dumps({"lth_sparse": __version__, "torch": torch.__version__,
+                      "extension": build_info(), "backends": available_backends(),
+                      "cuda": torch.cuda.is_available()}, indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lth-sparse", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("find-ticket", help="train, prune, rewind, repeat (resumable)",
+                       description="Iterative magnitude pruning with rewinding and controls. "
+                                   "Re-running the same command resumes from the last round.")
+    add_config_arguments(p)
+    _add_runs_dir(p)
+    p.set_defaults(func=cmd_find_ticket)
+
+    p = sub.add_parser("show", help="per-round table of one or more runs (no run: list runs)")
+    p.add_argument("runs", nargs="*", help="run directories or run ids (prefixes work)")
+    p.add_argument("--plot", type=Path, help="also write accuracy vs %% remaining as a PNG here")
+    _add_runs_dir(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="write a ticket as a validated, checksummed CSR file")
+    p.add_argument("run", help="run directory or run id")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--round", type=int, help="pruning round to export (default: the last)")
+    which.add_argument("--sparsity", type=float, help="export the round closest to this sparsity")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file (.safetensors)")
+    p.add_argument("--format", choices=("safetensors", "npz"), default="safetensors",
+                   help="npz also writes a scipy-readable interop file beside the safetensors one")
+    p.add_argument("--weights", choices=("early-stop", "final"), default="early-stop",
+                   help="which trained weights: at the early-stop iteration (whose accuracy the "
+                        "round reports) or at the end of training")
+    _add_runs_dir(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("train-ticket", help="retrain a ticket from its rewind point with the "
+                                            "sparse kernels, side by side with dense masked training")
+    p.add_argument("run", help="run directory or run id")
+    p.add_argument("--round", type=int, default=None, help="round whose mask to use (default: last)")
+    p.add_argument("--backend", default="auto", choices=("auto", "reference", "cpu", "triton"))
+    p.add_argument("--iterations", type=int, default=None,
+                   help="training iterations (default: the run's)")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense masked comparison")
+    _add_runs_dir(p)
+    p.set_defaults(func=cmd_train_ticket)
+
+    p = sub.add_parser("bench", help="sparse vs dense speed (and accuracy) benchmarks")
+    from lth_sparse import bench
+    bench.add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="a few-minute end-to-end run: ticket, export, sparse vs dense")
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw "
+                                                    "(default: $LTH_SPARSE_DATA or download)")
+    p.add_argument("--iterations", type=int, default=1500, help="training iterations per round")
+    _add_runs_dir(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="versions, compiled extension and available kernel backends")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LthSparseError as exc:
+        print(f"lth-sparse {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted; completed rounds are saved: repeat the command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
