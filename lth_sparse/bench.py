@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lth_sparse.errors import ConfigError, LthSparseError
+from lth_sparse.errors import BackendUnavailableError, ConfigError, LthSparseError
 
 # ---------------------------------------------------------------------------- grids and targets
 
@@ -439,7 +439,7 @@ def _torch_csr_build(p: Problem, x: torch.Tensor):
                 if best > 0.05:
                     break
             timings[name] = best
-        except (RuntimeError, NotImplementedError, TypeError):
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
             continue  # this form is unsupported for this dtype/device
     if not timings:
         raise NotImplementedError(f"torch.sparse CSR matmul does not support {x.dtype} on "
@@ -714,8 +714,11 @@ def _measure_provider(cfg, prov: Provider, problem, x, ref, dtype_name, cold, ba
         fn = prov.build(problem, x)
         y = fn()
         _sync(cfg.device)
-    except (NotImplementedError, LthSparseError, RuntimeError, TypeError, ValueError) as exc:
+    except (NotImplementedError, BackendUnavailableError, torch.cuda.OutOfMemoryError) as exc:
+        # cannot run this cell here (unsupported dtype/form, backend not built, too big)
         return _row(**base, status="SKIPPED", reason=f"{type(exc).__name__}: {exc}"[:300])
+    except Exception as exc:  # a provider that crashes is as wrong as one that miscomputes
+        return _row(**base, status="FAILED", reason=f"raised {type(exc).__name__}: {exc}"[:300])
     variant = getattr(fn, "variant", None)
     err = rel_error(y, ref)
     tol = TOLERANCE[prov.precision(dtype_name)]
@@ -864,9 +867,9 @@ def _train_cell(cfg, sizes, sparsity, batch, dtype, autocast, backend, base) -> 
         out = sparse(xs)
         out.float().sum().backward()
         err = max(rel_error(out, ref_out.detach()), rel_error(xs.grad, xr.grad))
-    except (RuntimeError, LthSparseError, ValueError, TypeError) as exc:
-        out_rows.append(_row(**base, provider=name, status="SKIPPED",
-                             reason=f"{type(exc).__name__}: {exc}"[:300]))
+    except Exception as exc:  # crashing is failing
+        out_rows.append(_row(**base, provider=name, status="FAILED",
+                             reason=f"raised {type(exc).__name__}: {exc}"[:300]))
         return out_rows
     del ref_model, xr, ref_out
     sparse.zero_grad(set_to_none=True)

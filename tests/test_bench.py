@@ -71,22 +71,30 @@ def test_wrong_provider_is_failed_and_not_timed(tmp_path):
         w, b = problem.dense(x.dtype), problem.bias(x.dtype)
         return lambda: F.linear(x, w * 1.01, b)  # 1% off: well outside fp32 tolerance
 
-    def build_crashing(problem, x):
+    def build_unsupported(problem, x):
         raise NotImplementedError("not for this cell")
 
+    def build_crashing(problem, x):
+        return lambda: x[:, 10**6]  # IndexError at call time
+
     wrong = bench.Provider("wrong", build_wrong)
+    unsupported = bench.Provider("unsupported", build_unsupported)
     crashing = bench.Provider("crashing", build_crashing)
     reg = bench.default_providers()
     cfg = bench.config_from_args(_quick(tmp_path, "--mode", "inference", "--no-plots"))
-    result = bench.run_benchmarks(cfg, providers=[reg["dense"], reg["reference"], wrong, crashing])
+    result = bench.run_benchmarks(cfg, providers=[reg["dense"], reg["reference"], wrong,
+                                                  unsupported, crashing])
     rows = result["rows"]
     bad = [r for r in rows if r["provider"] == "wrong"]
     assert bad and all(r["status"] == "FAILED" for r in bad)
     assert all(r["median_ms"] is None and r["repeats"] is None for r in bad)
     assert all(r["rel_error"] > bench.TOLERANCE["fp32"] and "tolerance" in r["reason"]
                for r in bad)
-    skipped = [r for r in rows if r["provider"] == "crashing"]
+    skipped = [r for r in rows if r["provider"] == "unsupported"]
     assert skipped and all(r["status"] == "SKIPPED" and r["median_ms"] is None for r in skipped)
+    crashed = [r for r in rows if r["provider"] == "crashing"]
+    assert crashed and all(r["status"] == "FAILED" and r["median_ms"] is None
+                           and "IndexError" in r["reason"] for r in crashed)
     assert all(r["status"] == "ok" for r in rows if r["provider"] in ("dense", "reference"))
     md = (tmp_path / "results.md").read_text()
     assert "FAILED" in md and "wrong" in md
@@ -224,3 +232,22 @@ def test_gpu_targets_use_the_worst_batch_and_fall_back_to_fp32_torch_csr():
     assert t["status"] == "met" and t["measured"] == pytest.approx(2.0)
     assert targets["train 784-4096-4096-10 95% bf16 batch 256 faster than dense masked"][
         "status"] == "not measured"
+
+
+@pytest.mark.mnist
+def test_ticket_accuracy_on_mnist_through_the_cli(tmp_path, mnist_dir):
+    ticket = pytest.importorskip("lth_sparse.ticket")
+    sparse_nn = pytest.importorskip("lth_sparse.sparse_nn")
+    mlp = bench.make_masked_mlp([784, 20, 10], 0.9, seed=0)
+    path = tmp_path / "lenet-ish.safetensors"
+    ticket.save_ticket(path, sparse_nn.SparseMLP.from_mlp(mlp, backend="reference")
+                       .to_csr_layers())
+    out = tmp_path / "out"
+    assert bench.main(["--ticket", str(path), "--data-dir", str(mnist_dir), "--batches", "1,8",
+                       "--threads", "1", "--repeats", "3", "--out-dir", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    acc = {r["provider"]: r["accuracy"] for r in rows}
+    assert set(acc) == {"dense-masked", "sparse"}
+    assert 0.0 <= acc["sparse"] <= 1.0
+    # the same weights, sparse or dense: the same predictions up to fp32 ties
+    assert acc["sparse"] == pytest.approx(acc["dense-masked"], abs=2e-3)
