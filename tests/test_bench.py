@@ -251,3 +251,37 @@ def test_ticket_accuracy_on_mnist_through_the_cli(tmp_path, mnist_dir):
     assert 0.0 <= acc["sparse"] <= 1.0
     # the same weights, sparse or dense: the same predictions up to fp32 ties
     assert acc["sparse"] == pytest.approx(acc["dense-masked"], abs=2e-3)
+
+
+def test_training_check_catches_wrong_gradients():
+    sparse_nn = pytest.importorskip("lth_sparse.sparse_nn")
+    sizes = [40, 30, 20, 5]
+    ref = bench.make_masked_mlp(sizes, 0.7, seed=1).double()
+    x = torch.randn(64, 40, generator=torch.Generator().manual_seed(0))
+    good = sparse_nn.SparseMLP.from_mlp(bench.make_masked_mlp(sizes, 0.7, seed=1),
+                                        backend="reference")
+    assert bench.check_sparse_mlp(good, ref, x, torch.float32) <= bench.TOLERANCE["fp32"]
+    assert all(p.grad is None for p in good.parameters())
+    assert all(layer.relu for layer in list(good.layers.values())[:-1])
+
+    class WrongBackward(torch.autograd.Function):  # right forward, gradient 2x too large
+        @staticmethod
+        def forward(ctx, v):
+            return v.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2 * g
+
+    layer = good.layers["fc2"]
+    values = layer.values
+    orig_forward = layer.forward
+
+    def forward(inp):
+        return sparse_nn.sparse_linear(inp, layer.indptr, layer.indices,
+                                       WrongBackward.apply(values), layer.bias, layer.t_indptr,
+                                       layer.t_indices, layer.perm, layer.out_features,
+                                       layer.relu, layer.backend)
+    layer.forward = forward
+    assert bench.check_sparse_mlp(good, ref, x, torch.float32) > 0.5
+    layer.forward = orig_forward
