@@ -236,6 +236,13 @@ def _version(module: str) -> str:
         return "not installed"
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def machine_info(device: str) -> dict:
     """Machine, versions and build facts recorded with every result."""
     from lth_sparse._ext import build_info
@@ -246,6 +253,12 @@ def machine_info(device: str) -> dict:
         "triton": _version("triton"), "numpy": np.__version__, "scipy": _version("scipy"),
         "lth_sparse": __version__, "extension": build_info(), "git_sha": _git_sha(),
         "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        # threading knobs that change timings (OpenMP spin-waiting matters on a busy machine)
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                            "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
+                                            "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
+                if k in os.environ},
+        "load_average": _load_average(),
     }
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -1112,7 +1125,9 @@ def to_markdown(meta: dict, rows: list[dict], targets: list[dict],
         f"- command: `{meta['command']}`",
         f"- machine: {m['cpu']} ({m['cores']} cores available)"
         + (f"; GPU {m['gpu']} (CUDA {m.get('cuda')})" if m.get("gpu") else ""),
-        f"- threads: {meta['threads']}",
+        f"- threads: {meta['threads']}; environment {m.get('env') or '{}'}",
+        f"- load average (1, 5, 15 min) at start {meta.get('load_average_start')}, at end "
+        f"{m.get('load_average')}: the machine should be otherwise idle",
         f"- versions: torch {m['torch']}, triton {m['triton']}, numpy {m['numpy']}, "
         f"scipy {m['scipy']}, lth_sparse {m['lth_sparse']}, python {m['python']}",
         f"- extension: {m['extension']}",
@@ -1265,6 +1280,7 @@ def run_benchmarks(cfg: BenchConfig, providers: Sequence[Provider] | None = None
         torch.set_float32_matmul_precision("highest")  # fp32 means fp32; TF32 is its own row
     provs = list(providers) if providers is not None else select_providers(cfg, registry)
 
+    load_start = _load_average()
     rows: list[dict] = []
     n_spmm = (len(cfg.dtypes) * len(cfg.shapes) * len(cfg.sparsities) * len(cfg.batches)
               * len(provs)) if cfg.mode in ("inference", "all") and not cfg.ticket else 0
@@ -1292,7 +1308,8 @@ def run_benchmarks(cfg: BenchConfig, providers: Sequence[Provider] | None = None
     if cfg.repeats:
         timing += f"; fixed {cfg.repeats} samples per cell"
     meta = dict(command=cfg.command, device=cfg.device, dtypes=cfg.dtypes, threads=threads,
-                machine=machine_info(cfg.device), timing=timing, quick=cfg.quick,
+                machine=machine_info(cfg.device), load_average_start=load_start,
+                timing=timing, quick=cfg.quick,
                 config=dataclasses.asdict(cfg),
                 elapsed_s=round(time.perf_counter() - t_start, 1))
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
