@@ -15,7 +15,6 @@ import io
 import json
 import os
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from lth_sparse._version import __version__
 from lth_sparse.config import ExperimentConfig
 from lth_sparse.errors import ConfigError, RunStoreError
+from lth_sparse.fileio import atomic_write_bytes, atomic_write_json
 
 STORE_FORMAT = 1
 RUNS_ENV = "LTH_SPARSE_RUNS"
@@ -31,26 +31,6 @@ RUNS_ENV = "LTH_SPARSE_RUNS"
 
 def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_ENV, "runs"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def atomic_torch_save(path: Path, obj) -> None:

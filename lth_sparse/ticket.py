@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,6 +54,7 @@ import torch
 
 from lth_sparse.csr import CSRMatrix, VALUE_DTYPES
 from lth_sparse.errors import ConfigError, TicketFileError
+from lth_sparse.fileio import atomic_write
 
 FORMAT_NAME = "lth_sparse.ticket"
 FORMAT_VERSION = 1
@@ -253,34 +253,9 @@ def _metadata_document(layers, stored, activation, metadata, container) -> dict:
 
 
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
-    """Write via `write(fileobj)` into a temp file beside `path`, fsync, then os.replace."""
-    path = Path(path)
     if path.is_dir():
         raise ConfigError(f"ticket path {str(path)!r} is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, write)
 
 
 # ============================================================================ reading
