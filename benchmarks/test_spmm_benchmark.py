@@ -17,7 +17,8 @@ from lth_sparse import bench
 SHAPE = bench.parse_shape(os.environ.get("LTH_BENCH_SHAPE", "4096x4096"))
 DTYPE = os.environ.get("LTH_BENCH_DTYPE", "fp32")
 REGISTRY = bench.default_providers()
-PROVIDERS = [name for name, p in REGISTRY.items() if p.in_default and DEVICE in p.devices]
+PROVIDERS = [name for name, p in REGISTRY.items()
+             if p.in_default and DEVICE in (p.default_devices or p.devices)]
 
 
 @lru_cache(maxsize=2)
