@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from lth_sparse.errors import BackendUnavailableError, ConfigError, LthSparseError
+from lth_sparse.fileio import atomic_write_bytes
 
 # ---------------------------------------------------------------------------- grids and targets
 
@@ -1062,12 +1063,6 @@ def evaluate_targets(rows: list[dict], device: str, registry: dict[str, Provider
 
 # ---------------------------------------------------------------------------- output
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    from lth_sparse.fileio import atomic_write_bytes  # the one place that knows how to write
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
-
-
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -1237,7 +1232,7 @@ def plot_speedups(rows: list[dict], out_dir: Path) -> list[Path]:
             fig.savefig(buf, format="png", dpi=110)
             plt.close(fig)
             path = out_dir / f"speedup_{shape}_{dtype}.png"
-            _atomic_write(path, buf.getvalue())
+            atomic_write_bytes(path, buf.getvalue())
             paths.append(path)
     return paths
 
@@ -1310,9 +1305,9 @@ def write_outputs(out_dir: Path, meta, rows, targets, registry, plots=True) -> l
     doc = json.dumps(dict(meta=meta, rows=rows, targets=targets), indent=1,
                      default=_json_default)
     files = [out_dir / "results.json", out_dir / "results.csv", out_dir / "results.md"]
-    _atomic_write(files[0], doc.encode())
-    _atomic_write(files[1], to_csv(rows).encode())
-    _atomic_write(files[2], to_markdown(meta, rows, targets, registry).encode())
+    atomic_write_bytes(files[0], doc.encode())
+    atomic_write_bytes(files[1], to_csv(rows).encode())
+    atomic_write_bytes(files[2], to_markdown(meta, rows, targets, registry).encode())
     if plots:
         files += plot_speedups(rows, out_dir)
     return files

@@ -6,7 +6,6 @@ it computes what the dense masked model computes, and compare speed and accuracy
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 

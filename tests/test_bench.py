@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lth_sparse import bench
+from lth_sparse import bench, sparse_nn, ticket
 from lth_sparse.errors import ConfigError
 
 
@@ -120,11 +120,9 @@ def test_triton_is_not_in_the_default_cpu_grid(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter path is for CPU-only hosts")
 def test_triton_provider_wiring_under_the_interpreter(tmp_path, monkeypatch):
-    pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     from lth_sparse import ops
-    if not ops.backend_status("triton")[0]:
-        pytest.skip(ops.backend_status("triton")[1])
+    assert ops.backend_status("triton")[0], ops.backend_status("triton")[1]
     cfg = bench.config_from_args(_quick(tmp_path, "--mode", "inference", "--no-plots",
                                         "--providers", "dense,triton", "--shapes", "37x19",
                                         "--sparsities", "0.7", "--batches", "3"))
@@ -183,10 +181,6 @@ def test_parsers():
 
 
 def test_ticket_end_to_end_with_accuracy_hook(tmp_path):
-    ticket = pytest.importorskip("lth_sparse.ticket")
-    sparse_nn = pytest.importorskip("lth_sparse.sparse_nn")
-    if not hasattr(ticket, "save_ticket") or not hasattr(sparse_nn, "SparseMLP"):
-        pytest.skip("ticket export or SparseMLP not available")
     mlp = bench.make_masked_mlp([30, 20, 10], 0.8, seed=3)
     model = sparse_nn.SparseMLP.from_mlp(mlp, backend="reference")
     path = tmp_path / "t.safetensors"
@@ -236,8 +230,6 @@ def test_gpu_targets_use_the_worst_batch_and_fall_back_to_fp32_torch_csr():
 
 @pytest.mark.mnist
 def test_ticket_accuracy_on_mnist_through_the_cli(tmp_path, mnist_dir):
-    ticket = pytest.importorskip("lth_sparse.ticket")
-    sparse_nn = pytest.importorskip("lth_sparse.sparse_nn")
     mlp = bench.make_masked_mlp([784, 20, 10], 0.9, seed=0)
     path = tmp_path / "lenet-ish.safetensors"
     ticket.save_ticket(path, sparse_nn.SparseMLP.from_mlp(mlp, backend="reference")
@@ -254,7 +246,6 @@ def test_ticket_accuracy_on_mnist_through_the_cli(tmp_path, mnist_dir):
 
 
 def test_training_check_catches_wrong_gradients():
-    sparse_nn = pytest.importorskip("lth_sparse.sparse_nn")
     sizes = [40, 30, 20, 5]
     ref = bench.make_masked_mlp(sizes, 0.7, seed=1).double()
     x = torch.randn(64, 40, generator=torch.Generator().manual_seed(0))

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 from lth_sparse.cli import main
-from lth_sparse.export import ticket_layers
 from lth_sparse.lottery import build_model, load_data_for
 from lth_sparse.pruning import load_params, set_masks
 from lth_sparse.store import open_run

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.utils import prune
 
 from lth_sparse.config import ExperimentConfig, TrainConfig
 from lth_sparse.data import Dataset, Split
