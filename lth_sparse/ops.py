@@ -7,6 +7,7 @@ allocated here (kernels never allocate); pass `out=` to write into an existing b
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import import_module
 from types import ModuleType
 
@@ -24,7 +25,9 @@ INDEX_DTYPES = (torch.int32, torch.int64, torch.uint16)
 VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+@lru_cache(maxsize=None)
 def _module(name: str) -> ModuleType:
+    # cached: import_module's lookup costs microseconds on every call of a hot op
     return import_module(_MODULES[name])
 
 
