@@ -36,8 +36,12 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite must never be empty"; exit 1; fi; \
 	exit $$rc
 
+# The CPU grid (about 10 minutes on 2 cores): run it on an otherwise idle machine.
 bench: setup
-	$(VENV)/bin/lth-sparse bench
+	$(VENV)/bin/lth-sparse bench --threads 2
+
+bench-quick: setup
+	$(VENV)/bin/lth-sparse bench --quick --out-dir /tmp/lth_sparse_bench_quick
 
 clean:
 	rm -rf build *.egg-info lth_sparse/_C*.so $(STAMP)
