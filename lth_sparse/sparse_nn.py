@@ -260,8 +260,11 @@ class SparseLinear(nn.Module):
                                              (self.bias is not None and self.bias.requires_grad))):
             # Inference: no autograd graph to record, so skip the custom-op dispatch (tens of
             # microseconds per layer, as much as the kernel itself for small batches).
+            if x2.device != self.values.device:
+                raise ValueError(f"SparseLinear input is on {x2.device} but the layer is on "
+                                 f"{self.values.device}; move one with .to(device)")
             y = ops.spmm(x2, self.indptr, self.indices, self.values, n_out, self.bias, self.relu,
-                         backend=self.backend)
+                         backend=self.backend, trusted=True)
         else:
             y = sparse_linear(x2, self.indptr, self.indices, self.values, self.bias,
                               self.t_indptr, self.t_indices, self.perm, n_out, self.relu,

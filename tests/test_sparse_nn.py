@@ -407,3 +407,22 @@ def test_cuda_auto_matches_cpu_reference():
     torch.testing.assert_close(gpu(xg).cpu(), ref(x), **TOL[torch.float32])
     for (name, a), (_, b) in zip(ref.named_parameters(), gpu.named_parameters()):
         torch.testing.assert_close(b.grad.cpu(), a.grad, msg=name, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_inference_fast_path_matches_autograd_path(backend):
+    """Under no_grad SparseLinear skips the custom op; both paths must compute the same thing."""
+    mlp = MLP(input_size=53, hidden=(31, 17), num_classes=7, seed=4)
+    for layer in mlp.layers:
+        prune.random_unstructured(layer, "weight", amount=0.7)
+    model = SparseMLP.from_mlp(mlp, backend=backend)
+    x = torch.randn(9, 53)
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x)  # values require grad: recorded through the custom op
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), **TOL[torch.float32])
+    with torch.no_grad(), pytest.raises(ValueError, match="in_features=53"):
+        model.layers["fc1"](torch.randn(2, 52))
+    with torch.no_grad(), pytest.raises(TypeError, match="differs from the layer"):
+        model(x.double())
