@@ -17,6 +17,7 @@ Paths (see `triton_kernels` for the kernels themselves):
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -86,18 +87,18 @@ def row_order(indptr: torch.Tensor) -> torch.Tensor:
     """Rows sorted by nonzero count, longest first, int32 (N,), cached per indptr.
 
     Programs take rows in this order, so the ones resident together do similar work and the
-    long rows start first. Cached on (data_ptr, version, numel, device): recomputing costs a
-    sort and a launch per call. A stale hit (freed memory reused by another indptr of the same
-    length) only costs balance, never correctness: any permutation of the rows is a valid order.
+    long rows start first. Cached per indptr tensor object and version (recomputing costs a sort
+    and a launch per call); a weak reference confirms the hit is the same live tensor, so memory
+    freed and reused by another indptr never returns a stale order.
     """
     key = (indptr.data_ptr(), indptr._version, indptr.numel(), str(indptr.device))
-    order = _ROW_ORDER_CACHE.get(key)
-    if order is not None:
+    hit = _ROW_ORDER_CACHE.get(key)
+    if hit is not None and hit[0]() is indptr:
         _ROW_ORDER_CACHE.move_to_end(key)
-        return order
+        return hit[1]
     counts = indptr[1:] - indptr[:-1]
     order = torch.argsort(counts, descending=True, stable=True).to(torch.int32)
-    _ROW_ORDER_CACHE[key] = order
+    _ROW_ORDER_CACHE[key] = (weakref.ref(indptr), order)
     while len(_ROW_ORDER_CACHE) > _ROW_ORDER_CACHE_SIZE:
         _ROW_ORDER_CACHE.popitem(last=False)
     return order
