@@ -98,7 +98,8 @@ def _setup_context(ctx, inputs, output):
                           output if relu else None)
 
 
-def _backward(ctx, grad_y):
+def _grads(ctx, grad_y, spmm_t, sddmm):
+    """Gradients of y = x W^T + b (ReLU) for x, values and bias, through the given kernels."""
     x, indptr, indices, values, t_indptr, t_indices, perm, y = ctx.saved_tensors
     need_x, need_values, need_bias = (ctx.needs_input_grad[0], ctx.needs_input_grad[3],
                                       ctx.needs_input_grad[4])
@@ -109,13 +110,36 @@ def _backward(ctx, grad_y):
     dx = dvalues = dbias = None
     if need_x:
         # W^T's values in the transposed order; perm was built once with the pattern.
-        dx = _spmm_t_op(dy, t_indptr, t_indices, values[perm], x.shape[1], ctx.backend)
+        dx = spmm_t(dy, t_indptr, t_indices, values[perm], x.shape[1], backend=ctx.backend)
     if need_values:
-        dvalues = _sddmm_op(dy, x, indptr, indices, _acc_dtype(values.dtype),
-                            ctx.backend).to(values.dtype)
+        dvalues = sddmm(dy, x, indptr, indices, out_dtype=_acc_dtype(values.dtype),
+                        backend=ctx.backend).to(values.dtype)
     if need_bias and ctx.has_bias:
         dbias = dy.sum(0, dtype=_acc_dtype(ctx.bias_dtype)).to(ctx.bias_dtype)
     return dx, None, None, dvalues, dbias, None, None, None, None, None, None
+
+
+def _backward(ctx, grad_y):
+    return _grads(ctx, grad_y, _spmm_t_op, _sddmm_op)
+
+
+class _EagerSparseLinear(torch.autograd.Function):
+    """Eager twin of lth_sparse::sparse_linear: the same maths and the same saved tensors, but
+    calling lth_sparse.ops directly. The custom-op dispatch costs tens of microseconds per call,
+    as much as a small layer's kernel, so eager training uses this; torch.compile uses the op."""
+
+    @staticmethod
+    def forward(ctx, x, indptr, indices, values, bias, t_indptr, t_indices, perm, n_out, relu,
+                backend):
+        y = ops.spmm(x, indptr, indices, values, n_out, bias, relu, backend=backend,
+                     trusted=True)
+        _setup_context(ctx, (x, indptr, indices, values, bias, t_indptr, t_indices, perm, n_out,
+                             relu, backend), y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return _grads(ctx, grad_y, ops.spmm_t, ops.sddmm)
 
 
 _sparse_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -255,20 +279,22 @@ class SparseLinear(nn.Module):
                             "or the model (model.to(dtype))")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, n_in)
-        if not torch.compiler.is_compiling() and not (
-                torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad or
-                                             (self.bias is not None and self.bias.requires_grad))):
-            # Inference: no autograd graph to record, so skip the custom-op dispatch (tens of
-            # microseconds per layer, as much as the kernel itself for small batches).
+        args = (x2, self.indptr, self.indices, self.values, self.bias, self.t_indptr,
+                self.t_indices, self.perm, n_out, self.relu, self.backend)
+        if torch.compiler.is_compiling():
+            y = sparse_linear(*args)  # the custom op: torch.compile sees one node per layer
+        else:
+            # Eager paths skip the custom-op dispatch, which costs as much as a small layer's
+            # kernel; the pattern was validated when the layer was built, x is checked here.
             if x2.device != self.values.device:
                 raise ValueError(f"SparseLinear input is on {x2.device} but the layer is on "
                                  f"{self.values.device}; move one with .to(device)")
-            y = ops.spmm(x2, self.indptr, self.indices, self.values, n_out, self.bias, self.relu,
-                         backend=self.backend, trusted=True)
-        else:
-            y = sparse_linear(x2, self.indptr, self.indices, self.values, self.bias,
-                              self.t_indptr, self.t_indices, self.perm, n_out, self.relu,
-                              self.backend)
+            if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad or (
+                    self.bias is not None and self.bias.requires_grad)):
+                y = _EagerSparseLinear.apply(*args)
+            else:  # inference: no graph to record
+                y = ops.spmm(x2, self.indptr, self.indices, self.values, n_out, self.bias,
+                             self.relu, backend=self.backend, trusted=True)
         return y.reshape(*lead, n_out)
 
 

@@ -426,3 +426,35 @@ def test_inference_fast_path_matches_autograd_path(backend):
         model.layers["fc1"](torch.randn(2, 52))
     with torch.no_grad(), pytest.raises(TypeError, match="differs from the layer"):
         model(x.double())
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_eager_autograd_function_gradcheck_and_matches_custom_op(relu):
+    """Eager training goes through _EagerSparseLinear, compile through the custom op: both must
+    be correct (gradcheck, float64, reference backend) and agree with each other."""
+    from lth_sparse.sparse_nn import _EagerSparseLinear
+
+    g = torch.Generator().manual_seed(11)
+    ip, idx, val = random_csr(7, 9, 0.5, empty_rows=2, empty_cols=2, value_dtype=torch.float64,
+                              generator=g)
+    csr = CSRMatrix(ip, idx, val, (7, 9))
+    t_ip, t_idx, perm = csr.transpose_pattern()
+    x = torch.randn(5, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    v = val.clone().requires_grad_(True)
+    b = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
+
+    def eager(x, v, b):
+        return _EagerSparseLinear.apply(x, ip, idx, v, b, t_ip, t_idx, perm, 7, relu, "reference")
+
+    def op(x, v, b):
+        return sparse_linear(x, ip, idx, v, b, t_ip, t_idx, perm, 7, relu, "reference")
+
+    with torch.no_grad():  # keep pre-activations away from the ReLU kink
+        pre = op(x, v, b) if not relu else sparse_linear(x, ip, idx, v, b, t_ip, t_idx, perm, 7,
+                                                         False, "reference")
+        b += torch.where(pre.abs().min(0).values < 0.05, 0.2, 0.0)
+    assert torch.autograd.gradcheck(eager, (x, v, b))
+    ge = torch.autograd.grad(eager(x, v, b).square().sum(), (x, v, b))
+    go = torch.autograd.grad(op(x, v, b).square().sum(), (x, v, b))
+    for a, c in zip(ge, go):
+        torch.testing.assert_close(a, c, **TOL[torch.float64])
