@@ -91,7 +91,15 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "ExperimentConfig":
-        """Raise ConfigError naming the first invalid field and its allowed values."""
+        """Raise ConfigError naming the first invalid field and its allowed values.
+
+        Every field is first coerced to its declared type (0 -> 0.0 for a float, a list -> a
+        tuple), so a config built in Python hashes like the same one read from the CLI or a file.
+        """
+        for section in self.SECTIONS:
+            obj = getattr(self, section)
+            for f in fields(obj):
+                set_field(obj, section, f.name, getattr(obj, f.name))
         d, m, p, t, lo = self.data, self.model, self.prune, self.train, self.lottery
         _choice("data.dataset", d.dataset, DATASETS)
         _int_range("data.val_size", d.val_size, 1, 59_999)

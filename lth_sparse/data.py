@@ -57,10 +57,15 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool):
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    raw_files = root / _FOLDERS[name] / "raw"
     try:
         return cls(str(root), train=train, download=False)
     except RuntimeError:
         pass  # files missing: try the ordinary download next
+    except (ValueError, EOFError, OSError) as exc:  # present but truncated or corrupt
+        raise DataError(f"{name} files in {raw_files} could not be read ({type(exc).__name__}: "
+                        f"{exc}); replace them with intact copies (or delete them to download "
+                        "again)") from None
     raw = root / _FOLDERS[name] / "raw"
     fix = (f"Put the four IDX files (train-images-idx3-ubyte, ...) in {raw}, or point "
            f"--data-dir / ${DATA_ENV} at the folder that holds {_FOLDERS[name]}/raw/.")

@@ -91,10 +91,15 @@ def export_run(ref, output: str | Path, *, round_: int | None = None,
     r = pick_round(run, round_, sparsity)
     layers = ticket_layers(run, r, weights)
     meta = ticket_metadata(run, r, weights)
-    written = [output]
-    save_ticket(output, layers, activation="relu", metadata=meta, fmt="safetensors")
+    written = []
     if fmt == "npz":
         npz = output.with_suffix(".npz")
+        if npz == output:
+            raise ConfigError(f"with --format npz, -o names the safetensors ticket and the .npz is "
+                              f"written beside it; give -o {output.with_suffix('.safetensors')}")
+        # the interop file first: if it fails, an existing ticket at `output` is untouched
         save_ticket(npz, layers, activation="relu", metadata=meta, fmt="npz")
         written.append(npz)
+    save_ticket(output, layers, activation="relu", metadata=meta, fmt="safetensors")
+    written.insert(0, output)
     return written

@@ -46,10 +46,11 @@ def available_backends() -> dict[str, str]:
     return {name: backend_status(name)[1] for name in BACKENDS}
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
     """The concrete backend name for `backend` on `device` (raises if it cannot run)."""
     if backend == "auto":
-        if device.type == "cuda" and backend_status("triton")[0]:
+        # Triton kernels take fp32/fp16/bf16: float64 on CUDA goes to the reference.
+        if device.type == "cuda" and dtype != torch.float64 and backend_status("triton")[0]:
             return "triton"
         if device.type == "cpu" and backend_status("cpu")[0]:
             return "cpu"
@@ -88,6 +89,27 @@ def _check_csr(indptr, indices, values, n_rows: int, what: str) -> None:
     if indices.dim() != 1 or values.dim() != 1 or indices.numel() != values.numel():
         raise CSRError(f"{what}: indices and values must be 1-D of equal length (nnz), got "
                        f"{tuple(indices.shape)} and {tuple(values.shape)}")
+
+
+def _check_pattern(indptr, indices, n_cols: int, what: str) -> None:
+    """The CSR contents the kernels index with: monotone indptr ending at nnz, 0 <= col < n_cols.
+
+    O(nnz); kernels trust these (an out-of-range index reads out of bounds), so the untrusted
+    entry points check them. CSRMatrix.validate() checks everything once, and SparseLinear then
+    calls with trusted=True.
+    """
+    nnz = indices.numel()
+    if int(indptr[0]) != 0 or int(indptr[-1]) != nnz:
+        raise CSRError(f"{what}: indptr must start at 0 and end at nnz={nnz}, got "
+                       f"{int(indptr[0])}..{int(indptr[-1])}; build the matrix with CSRMatrix")
+    if indptr.numel() > 1 and bool((indptr[1:] < indptr[:-1]).any()):
+        raise CSRError(f"{what}: indptr must be non-decreasing; build the matrix with CSRMatrix")
+    if nnz:
+        if indices.dtype == torch.uint16:  # torch has no min/max for uint16
+            indices = indices.to(torch.int32)
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= n_cols:
+            raise CSRError(f"{what}: column indices must lie in [0, {n_cols}), got {lo}..{hi}")
 
 
 def _check_dense(t: torch.Tensor, name: str, shape: tuple, dtype=None) -> None:
@@ -139,10 +161,11 @@ def spmm(x: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, values: t
     else:
         _check_dense(x, "x", (None, None))
         _check_csr(indptr, indices, values, n_out, "spmm weight")
+        _check_pattern(indptr, indices, x.shape[1], "spmm weight")
         if bias is not None:
             _check_dense(bias, "bias", (n_out,), x.dtype)
         device = _same_device(x, indptr, indices, values, bias)
-    name = resolve_backend(backend, device)
+    name = resolve_backend(backend, device, x.dtype)
     out = _out(out, (x.shape[0], n_out), x.dtype, device)
     return _module(name).spmm(x.contiguous(), indptr, indices, values, bias, bool(relu), out)
 
@@ -156,8 +179,9 @@ def spmm_t(dy: torch.Tensor, t_indptr: torch.Tensor, t_indices: torch.Tensor,
     """
     _check_dense(dy, "dy", (None, None))
     _check_csr(t_indptr, t_indices, t_values, n_in, "spmm_t transposed weight")
+    _check_pattern(t_indptr, t_indices, dy.shape[1], "spmm_t transposed weight")
     device = _same_device(dy, t_indptr, t_indices, t_values)
-    name = resolve_backend(backend, device)
+    name = resolve_backend(backend, device, dy.dtype)
     out = _out(out, (dy.shape[0], n_in), dy.dtype, device)
     return _module(name).spmm_t(dy.contiguous(), t_indptr, t_indices, t_values, out)
 
@@ -178,7 +202,8 @@ def sddmm(dy: torch.Tensor, x: torch.Tensor, indptr: torch.Tensor, indices: torc
                          f"got {tuple(dy.shape)}")
     _check_csr(indptr, indices, torch.empty(indices.numel(), device=indices.device), n_rows,
                "sddmm weight pattern")
+    _check_pattern(indptr, indices, x.shape[1], "sddmm weight pattern")
     device = _same_device(dy, x, indptr, indices)
-    name = resolve_backend(backend, device)
+    name = resolve_backend(backend, device, x.dtype)
     out = _out(out, (indices.numel(),), out_dtype, device)
     return _module(name).sddmm(dy.contiguous(), x.contiguous(), indptr, indices, out)

@@ -109,10 +109,15 @@ class Run:
         if not (self.round_dir(r) / "metrics.json").is_file() or not path.is_file():
             raise RunStoreError(f"round {r} of {self.path} is not complete; finish it with "
                                 "find-ticket (same options) or pick a completed round")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _load(path, f"delete {self.round_dir(r)} and run find-ticket again")
 
     def read_round_metrics(self, r: int) -> dict:
-        return json.loads((self.round_dir(r) / "metrics.json").read_text())
+        path = self.round_dir(r) / "metrics.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RunStoreError(f"{path} is unreadable or corrupt ({exc}); delete "
+                                f"{self.round_dir(r)} and run find-ticket again") from None
 
     def all_metrics(self) -> list[dict]:
         return [self.read_round_metrics(r) for r in self.completed_rounds()]
@@ -123,7 +128,14 @@ class Run:
     def read_rewind(self) -> dict:
         if not self.rewind_path.is_file():
             raise RunStoreError(f"{self.rewind_path} is missing; the run's round 0 is incomplete")
-        return torch.load(self.rewind_path, map_location="cpu", weights_only=True)
+        return _load(self.rewind_path, f"delete {self.path} and run find-ticket again")
+
+
+def _load(path: Path, fix: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: torch raises many kinds
+        raise RunStoreError(f"{path} is unreadable or corrupt ({type(exc).__name__}); {fix}") from None
 
 
 def open_run(ref: str | os.PathLike, runs_dir: Path | None = None) -> Run:

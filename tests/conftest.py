@@ -5,6 +5,8 @@
 - Tests marked `cuda` are skipped without a GPU (CI has none; they run where one is lent).
 - Tests marked `mnist` need the MNIST files: they skip when the data is missing, except when
   LTH_SPARSE_REQUIRE_DATA=1 (CI), where missing data is a failure.
+- LTH_SPARSE_REQUIRE_BACKENDS=1 (CI) stops the session at once if the C++ extension or the
+  Triton backend cannot run, instead of letting their tests skip.
 """
 import os
 from pathlib import Path
@@ -22,6 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 def _mnist_root() -> Path:
     env = os.environ.get("LTH_SPARSE_DATA")
     return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("LTH_SPARSE_REQUIRE_BACKENDS") != "1":
+        return
+    from lth_sparse.ops import backend_status
+
+    for name in ("cpu", "triton"):
+        ok, reason = backend_status(name)
+        if not ok:
+            raise pytest.UsageError(f"LTH_SPARSE_REQUIRE_BACKENDS=1 but backend {name!r} cannot "
+                                    f"run: {reason}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -158,3 +158,23 @@ def test_incompatible_run_directory_exit_2(mnist_run, tmp_path, capsys):
     assert "run-store format 0" in capsys.readouterr().err
     assert main(["export", str(copy), "-o", str(tmp_path / "t.safetensors")]) == 2
     assert _files(copy) == before and not (tmp_path / "t.safetensors").exists()
+
+
+@pytest.mark.mnist
+def test_export_npz_refuses_an_npz_output_name_and_keeps_the_old_ticket(mnist_run, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "t.npz"
+    assert main(["export", str(mnist_run.path), "-o", str(out), "--format", "npz"]) == 2
+    assert "give -o" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.mnist
+def test_corrupt_round_file_is_a_one_line_error(mnist_run, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / mnist_run.run_id
+    shutil.copytree(mnist_run.path, copy)
+    (copy / "round_001" / "state.pt").write_bytes(b"not a torch file")
+    assert main(["export", str(copy), "--round", "1", "-o", str(tmp_path / "t.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "is unreadable or corrupt" in err and "run find-ticket again" in err
+    assert "Traceback" not in err

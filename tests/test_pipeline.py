@@ -262,6 +262,7 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     full = find_ticket(cfg, tmp_path / "a", **quiet)
     part = find_ticket(cfg, tmp_path / "b", stop_after_round=1, **quiet)
     assert part.completed_rounds() == [0, 1]
+    torch.manual_seed(123)  # a resumed process starts with another global RNG state
     resumed = find_ticket(cfg, tmp_path / "b", **quiet)
     assert resumed.completed_rounds() == [0, 1, 2]
     for r in range(3):
@@ -287,14 +288,6 @@ def test_rerun_of_a_complete_run_trains_nothing(tmp_path):
     assert any("resuming" in line for line in logs)
 
 
-def test_late_rewinding_stores_the_iteration_k_weights(tmp_path):
-    cfg = tiny_config(lottery__rewind_iteration=20, lottery__rounds=1, lottery__controls=())
-    run = find_ticket(cfg, tmp_path, data=synthetic_dataset(), progress=False, log=lambda s: None)
-    rewind = run.read_rewind()
-    init = MLP(hidden=(32, 16), seed=cfg.train.seed)
-    assert not torch.equal(rewind["fc1.weight"], init.layers[0].weight.detach())
-
-
 def test_incompatible_store_version_is_refused(tmp_path):
     cfg = tiny_config(lottery__rounds=0)
     run = find_ticket(cfg, tmp_path, data=synthetic_dataset(), progress=False, log=lambda s: None)
@@ -307,3 +300,37 @@ def test_incompatible_store_version_is_refused(tmp_path):
     assert sorted(p.name for p in run.path.rglob("*")) == before
     with pytest.raises(RunStoreError, match="format 99"):
         Run(run.path).read_config()
+
+
+def test_late_rewind_weights_are_a_replay_of_the_first_k_steps(tmp_path):
+    cfg = tiny_config(lottery__rewind_iteration=20, lottery__rounds=0, lottery__controls=())
+    data = synthetic_dataset()
+    run = find_ticket(cfg, tmp_path, data=data, progress=False, log=lambda s: None)
+    from lth_sparse.lottery import build_model, derived_seed
+    replay = build_model(cfg)
+    short = TrainConfig(iterations=20, eval_every=20, batch_size=cfg.train.batch_size,
+                        lr=cfg.train.lr)
+    train(replay, data, short, data_seed=derived_seed(cfg.train.seed, 0, "data"), progress=False)
+    rewind = run.read_rewind()
+    for key, value in get_params(replay).items():
+        assert torch.equal(rewind[key], value), key
+
+
+def test_original_lottery_rewinds_to_the_stored_init(tmp_path):
+    cfg = tiny_config(lottery__rounds=1, lottery__controls=())
+    run = find_ticket(cfg, tmp_path, data=synthetic_dataset(), progress=False, log=lambda s: None)
+    init = get_params(MLP(hidden=(32, 16), seed=cfg.train.seed))
+    rewind = run.read_rewind()
+    assert all(torch.equal(rewind[k], v) for k, v in init.items())
+
+
+def test_python_config_with_int_rates_resumes(tmp_path):
+    cfg = tiny_config(lottery__rounds=0, lottery__controls=())
+    cfg.prune.output_rate = 0  # an int where a float is declared
+    cfg.validate()
+    data = synthetic_dataset()
+    find_ticket(cfg, tmp_path, data=data, progress=False, log=lambda s: None)
+    again = tiny_config(lottery__rounds=0, lottery__controls=())
+    again.prune.output_rate = 0.0
+    assert again.run_id() == cfg.run_id()
+    find_ticket(cfg, tmp_path, data=data, progress=False, log=lambda s: None)  # no hash mismatch
