@@ -53,7 +53,9 @@ def _np(t: torch.Tensor, dtype: torch.dtype | None = None):
     """Zero-copy numpy view of `t` (cast to `dtype` and made contiguous first if needed)."""
     if dtype is not None and t.dtype != dtype:
         t = t.to(dtype)
-    return t.detach().contiguous().numpy()
+    if t.requires_grad:
+        t = t.detach()
+    return (t if t.is_contiguous() else t.contiguous()).numpy()
 
 
 def _index(t: torch.Tensor, what: str):
@@ -79,7 +81,10 @@ def _finish(tmp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def _workspace(op: str, B: int, N: int, K: int, dtype: torch.dtype):
     """A reused per-thread buffer big enough for op's batched path (None when not needed)."""
-    n = _C().workspace_size(op, B, N, K, "float64" if dtype == torch.float64 else "float32")
+    ext = _C()
+    if B <= ext.SMALL_BATCH:  # the gather path (chosen for such batches) needs none
+        return None
+    n = ext.workspace_size(op, B, N, K, "float64" if dtype == torch.float64 else "float32")
     if n == 0:
         return None
     cache = getattr(_tls, "ws", None)
