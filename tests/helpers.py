@@ -1,6 +1,8 @@
 """Shared test helpers: the one tolerance table, and random CSR matrices with awkward structure."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 # Per-dtype tolerances (of the values/activations dtype); no magic atol inside a test.
@@ -12,6 +14,12 @@ TOL = {
 }
 
 
+def fresh_seed() -> int:
+    """A new seed per call (fresh random data every run) that, unlike torch.seed(), does not
+    reseed the global generator other tests draw from."""
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
 def random_csr(n_rows: int, n_cols: int, density: float, *, empty_rows: int = 0,
                empty_cols: int = 0, index_dtype=torch.int32, value_dtype=torch.float32,
                generator: torch.Generator | None = None, device="cpu"):
@@ -20,7 +28,7 @@ def random_csr(n_rows: int, n_cols: int, density: float, *, empty_rows: int = 0,
     `empty_rows` / `empty_cols` rows and columns (chosen at random) hold no nonzeros on
     purpose; indices are sorted and unique within each row; values are never zero.
     """
-    g = generator or torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = generator or torch.Generator().manual_seed(fresh_seed())
     keep = torch.rand(n_rows, n_cols, generator=g) < density
     if empty_rows:
         keep[torch.randperm(n_rows, generator=g)[:empty_rows]] = False

@@ -10,12 +10,12 @@ from torch.nn.utils import prune
 
 from lth_sparse.csr import CSRMatrix, choose_index_dtype
 from lth_sparse.errors import CSRError, LthSparseError
-from tests.helpers import TOL, dense_of, random_csr
+from tests.helpers import TOL, dense_of, fresh_seed, random_csr
 
 
 def _awkward_dense(n_rows=37, n_cols=23, density=0.3, seed=None):
     """Random sparse dense matrix with some empty rows and columns (fresh data unless seeded)."""
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    g = torch.Generator().manual_seed(seed if seed is not None else fresh_seed())
     w = torch.randn(n_rows, n_cols, generator=g)
     w[torch.rand(n_rows, n_cols, generator=g) > density] = 0
     w[torch.randperm(n_rows, generator=g)[:3]] = 0

@@ -25,13 +25,13 @@ from lth_sparse.csr import CSRMatrix
 from lth_sparse.errors import ConfigError, CSRError, LthSparseError, TicketFileError
 from lth_sparse.models import MLP
 from lth_sparse.ticket import FORMAT_NAME, FORMAT_VERSION, load_ticket, read_ticket, save_ticket
-from tests.helpers import TOL
+from tests.helpers import TOL, fresh_seed
 
 SIZES = (20, 12, 7, 5)  # small MLP: 20 -> 12 -> 7 -> 5
 
 
 def _pruned_mlp(sizes=SIZES, amount=0.7, seed=None) -> MLP:
-    seed = torch.seed() % 2**31 if seed is None else seed
+    seed = fresh_seed() if seed is None else seed
     model = MLP(input_size=sizes[0], hidden=tuple(sizes[1:-1]), num_classes=sizes[-1], seed=seed)
     with torch.no_grad():
         for layer in model.layers:
