@@ -207,3 +207,25 @@ def sddmm(dy: torch.Tensor, x: torch.Tensor, indptr: torch.Tensor, indices: torc
     name = resolve_backend(backend, device, x.dtype)
     out = _out(out, (indices.numel(),), out_dtype, device)
     return _module(name).sddmm(dy.contiguous(), x.contiguous(), indptr, indices, out)
+
+
+def spmm_chain_plan(layers, device: torch.device, dtype: torch.dtype, backend: str = "auto"):
+    """A callable x -> y for a chain of CSR layers: h = spmm(h, layer_i) with each layer's ReLU.
+
+    layers: [(indptr, indices, values, bias or None, relu, n_out)], validated by the caller
+    (SparseMLP builds them from validated SparseLinear layers). The plan prepares each backend's
+    arguments once, so a small network's forward is not dominated by per-call conversions; the
+    tensors are used in place, and the caller rebuilds the plan when any of them is replaced or
+    modified. x: (B, K0) in `dtype` on `device`; returns (B, n_out of the last layer).
+    """
+    name = resolve_backend(backend, device, dtype)
+    module = _module(name)
+    if hasattr(module, "SpmmChainPlan") and dtype != torch.float64:  # the plan computes in fp32
+        return module.SpmmChainPlan(layers)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        for indptr, indices, values, bias, relu, n_out in layers:
+            x = module.spmm(x, indptr, indices, values, bias, relu,
+                            torch.empty((x.shape[0], n_out), dtype=x.dtype, device=x.device))
+        return x
+    return run

@@ -267,8 +267,9 @@ class SparseLinear(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, x: Tensor) -> Tensor:
-        n_in, n_out = self.in_features, self.out_features
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error unless x is (..., in_features) in the values' dtype and device."""
+        n_in = self.in_features
         if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != n_in:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"SparseLinear expects input (..., {n_in}) (in_features={n_in}), "
@@ -277,6 +278,18 @@ class SparseLinear(nn.Module):
             raise TypeError(f"SparseLinear input dtype {x.dtype} differs from the layer's "
                             f"{self.values.dtype}; convert the input (x.to({self.values.dtype})) "
                             "or the model (model.to(dtype))")
+        if x.device != self.values.device:
+            raise ValueError(f"SparseLinear input is on {x.device} but the layer is on "
+                             f"{self.values.device}; move one with .to(device)")
+
+    def records_graph(self, x: Tensor) -> bool:
+        """Whether a forward on x must record an autograd graph."""
+        return torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad or (
+            self.bias is not None and self.bias.requires_grad))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        n_in, n_out = self.in_features, self.out_features
         lead = x.shape[:-1]
         x2 = x.reshape(-1, n_in)
         args = (x2, self.indptr, self.indices, self.values, self.bias, self.t_indptr,
@@ -285,12 +298,8 @@ class SparseLinear(nn.Module):
             y = sparse_linear(*args)  # the custom op: torch.compile sees one node per layer
         else:
             # Eager paths skip the custom-op dispatch, which costs as much as a small layer's
-            # kernel; the pattern was validated when the layer was built, x is checked here.
-            if x2.device != self.values.device:
-                raise ValueError(f"SparseLinear input is on {x2.device} but the layer is on "
-                                 f"{self.values.device}; move one with .to(device)")
-            if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad or (
-                    self.bias is not None and self.bias.requires_grad)):
+            # kernel; the pattern was validated when the layer was built, x is checked above.
+            if self.records_graph(x):
                 y = _EagerSparseLinear.apply(*args)
             else:  # inference: no graph to record
                 y = ops.spmm(x2, self.indptr, self.indices, self.values, n_out, self.bias,
@@ -419,6 +428,36 @@ class SparseMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
-        for layer in self.layers.values():
+        layers = list(self.layers.values())
+        if (not torch.compiler.is_compiling() and len({l.backend for l in layers}) == 1
+                and not any(l.records_graph(x) for l in layers)):
+            layers[0].check_input(x)
+            return self._inference_plan(x, layers)(x)
+        for layer in layers:
             x = layer(x)
         return x
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_plan", None)  # derived, and may hold closures: rebuilt on first use
+        return state
+
+    def _inference_plan(self, x: Tensor, layers: list[SparseLinear]):
+        """The whole network as one ops.spmm_chain_plan, rebuilt only when a layer's tensors
+        or backend change: at small batches, per-layer call overhead is most of the time."""
+        # .to()/load_state_dict replace or bump the parameters; the pattern buffers move with
+        # them, so the parameters' storage and versions identify the plan's inputs.
+        key = [x.device, x.dtype]
+        for l in layers:
+            params = l._parameters  # direct: nn.Module.__getattr__ is slow on a hot path
+            key += [l.backend, params["values"].data_ptr(), params["values"]._version]
+            if params.get("bias") is not None:
+                key += [params["bias"].data_ptr(), params["bias"]._version]
+        cached = self.__dict__.get("_plan")
+        if cached is None or cached[0] != key:
+            chain = [(l.indptr, l.indices, l.values.detach(),
+                      None if l.bias is None else l.bias.detach(), l.relu, l.out_features)
+                     for l in layers]
+            cached = (key, ops.spmm_chain_plan(chain, x.device, x.dtype, layers[0].backend))
+            self.__dict__["_plan"] = cached  # not a module attribute: no state_dict, no .to()
+        return cached[1]

@@ -458,3 +458,34 @@ def test_eager_autograd_function_gradcheck_and_matches_custom_op(relu):
     go = torch.autograd.grad(op(x, v, b).square().sum(), (x, v, b))
     for a, c in zip(ge, go):
         torch.testing.assert_close(a, c, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_inference_plan_matches_layer_by_layer_and_follows_updates(backend):
+    """SparseMLP inference runs one prepared chain; it must equal the layer-by-layer forward
+    and notice in-place updates of the values and bias."""
+    mlp = MLP(input_size=41, hidden=(23, 13), num_classes=5, seed=7)
+    for layer in mlp.layers:
+        prune.random_unstructured(layer, "weight", amount=0.6)
+    model = SparseMLP.from_mlp(mlp, backend=backend)
+    x = torch.randn(6, 41)
+
+    def layer_by_layer(h):
+        for layer in model.layers.values():
+            h = layer(h)
+        return h
+
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), layer_by_layer(x), **TOL[torch.float32])
+        model.layers["fc2"].values.mul_(-2.0)
+        model.layers["fc3"].bias.add_(1.0)
+        torch.testing.assert_close(model(x), layer_by_layer(x), **TOL[torch.float32])
+        copy_ = copy.deepcopy(model)
+        copy_.layers["fc1"].values.zero_()
+        assert not torch.allclose(copy_(x), model(x))
+    buf = io.BytesIO()
+    torch.save(model, buf)  # the cached plan is not pickled
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), **TOL[torch.float32])

@@ -130,3 +130,30 @@ def sddmm(dy, x, indptr, indices, out):
     _C().sddmm(_np(dy, cd), _np(x, cd), _index(indptr, "indptr"), _index(indices, "indices"),
                tmp.numpy(), _workspace("sddmm", B, N, K, cd))
     return _finish(tmp, out)
+
+
+class SpmmChainPlan:
+    """A chain of spmm calls (one per layer, each with its ReLU) with every layer's arrays
+    converted to numpy once: per call only the activations and outputs are wrapped.
+
+    layers: [(indptr, indices, values, bias or None, relu, n_out)] as lth_sparse.ops passes
+    them. Views share the tensors' memory (in-place updates are seen); values or bias that are
+    not float32 are converted once, so the owner rebuilds the plan when they change.
+    """
+
+    def __init__(self, layers):
+        self.layers = [(_index(ip, "indptr"), _index(ix, "indices"), _np(v, torch.float32),
+                        None if b is None else _np(b, torch.float32), bool(relu), int(n))
+                       for ip, ix, v, b, relu, n in layers]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, K0) float32/float16/bfloat16 -> (B, n_out) float32 (cast back to x's dtype)."""
+        ext = _C()
+        h = _np(x, torch.float32)
+        out = x
+        for indptr, indices, values, bias, relu, n_out in self.layers:
+            out = torch.empty((h.shape[0], n_out), dtype=torch.float32)
+            ext.spmm(h, indptr, indices, values, bias, relu, out.numpy(),
+                     _workspace("spmm", h.shape[0], n_out, h.shape[1], torch.float32))
+            h = out.numpy()
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
