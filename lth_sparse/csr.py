@@ -20,10 +20,8 @@ from typing import Any
 import torch
 
 from lth_sparse.errors import CSRError
+from lth_sparse.ops import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
 
-INDPTR_DTYPES = (torch.int32, torch.int64)
-INDEX_DTYPES = (torch.uint16, torch.int32, torch.int64)
-VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 UINT16_MAX_COLS = 65536  # column ids 0..65535 fit in uint16
 _INT32_LIMIT = 2**31
 _INT64_MAX = 2**63 - 1

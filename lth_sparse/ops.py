@@ -21,7 +21,9 @@ _MODULES = {
     "cpu": "lth_sparse.kernels.cpu",
     "triton": "lth_sparse.kernels.triton_backend",
 }
-INDEX_DTYPES = (torch.int32, torch.int64, torch.uint16)
+# The dtypes every backend accepts (the CSR container validates against the same tables).
+INDPTR_DTYPES = (torch.int32, torch.int64)
+INDEX_DTYPES = (torch.uint16, torch.int32, torch.int64)
 VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -79,7 +81,7 @@ def _check_csr(indptr, indices, values, n_rows: int, what: str) -> None:
     if indptr.dim() != 1 or indptr.numel() != n_rows + 1:
         raise CSRError(f"{what}: indptr must have shape ({n_rows + 1},) for {n_rows} rows, "
                        f"got {tuple(indptr.shape)}")
-    if indptr.dtype not in (torch.int32, torch.int64):
+    if indptr.dtype not in INDPTR_DTYPES:
         raise CSRError(f"{what}: indptr dtype must be int32 or int64, got {indptr.dtype}")
     if indices.dtype not in INDEX_DTYPES:
         raise CSRError(f"{what}: indices dtype must be int32, int64 or uint16, got {indices.dtype}")
