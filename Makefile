@@ -12,7 +12,7 @@ endif
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PYTEST_ARGS ?= -q
 STAMP := $(VENV)/.installed
-SOURCES := pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
+SOURCES := pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h)
 
 .PHONY: setup demo test bench bench-quick clean
 

@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 namespace lth_sparse {
-// Defined in csrc/cpu/kernels_cpu.cpp: binds spmm / spmm_t / sddmm onto the module.
-void register_cpu_kernels(pybind11::module_& m);
+// Each binds its ops onto lth_sparse._C (called from csrc/module.cpp).
+void register_spmm(pybind11::module_& m);   // csrc/spmm.cpp: spmm, spmm_t, workspace_size
+void register_sddmm(pybind11::module_& m);  // csrc/sddmm.cpp: sddmm
 }  // namespace lth_sparse

@@ -5,7 +5,7 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
-#include "cpu/kernels_cpu.h"
+#include "cpu/sddmm_cpu.h"
 
 namespace lth_sparse {
 namespace cpu {

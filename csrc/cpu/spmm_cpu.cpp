@@ -1,7 +1,7 @@
 // SpMM on the CPU: out = x @ W^T (+ bias) (ReLU), W in CSR. Used for the forward pass and,
 // with W^T in CSR and no bias, for dX = dY W (spmm_t): a row-parallel kernel needs no atomics.
 #include "cpu/common_cpu.h"
-#include "cpu/kernels_cpu.h"
+#include "cpu/spmm_cpu.h"
 
 namespace lth_sparse {
 namespace cpu {

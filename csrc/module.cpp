@@ -1,4 +1,4 @@
-// pybind11 module lth_sparse._C: build facts now; kernels are registered by csrc/cpu/*.cpp
+// pybind11 module lth_sparse._C: build facts here; each op is bound by csrc/<op>.cpp
 // through the register_* functions declared in lth_sparse.h.
 #include <pybind11/pybind11.h>
 
@@ -50,5 +50,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "Version, OpenMP on/off, max threads, SIMD level, compiler.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Set the OpenMP thread count used by the kernels (n <= 0 leaves it unchanged).");
-  lth_sparse::register_cpu_kernels(m);
+  lth_sparse::register_spmm(m);
+  lth_sparse::register_sddmm(m);
 }
