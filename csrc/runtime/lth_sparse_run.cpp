@@ -48,10 +48,13 @@ struct ApiError : std::runtime_error {
   lth_status status;
 };
 
-void check(lth_status st, lth_error* err) {
+// `err` by reference: it is read after the call that fills it (a by-value argument could be
+// read before, argument evaluation order being unspecified).
+void check(lth_status st, lth_error*& err) {
   if (st == LTH_OK) return;
   std::string msg = lth_error_message(err);
   lth_error_free(err);
+  err = nullptr;
   throw ApiError(st, msg.empty() ? "lth_ticket call failed with status " + std::to_string(st) : msg);
 }
 

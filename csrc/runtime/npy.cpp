@@ -97,7 +97,7 @@ struct Literal {
 NpyArray read_npy(const std::string& path) {
   const std::string where = "input '" + path + "'";
   Fd f;
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (f.fd < 0) {
     if (errno == ENOENT) fail(where + " does not exist; check the path");
     fail(where + " cannot be read: " + std::strerror(errno));

@@ -1,4 +1,4 @@
-// See ticket_loader.h. The checks follow lth_sparse/ticket.py (_read_safetensors,
+// See ticket_loader.h. The checks follow lth_sparse/sparse/ticket_file.py (_read_safetensors,
 // _parse_metadata, _build_layers) and CSRMatrix.validate in the same order, so that one bad
 // file gets the same first complaint from Python and from C.
 #include "ticket_loader.h"
@@ -41,13 +41,15 @@ std::string squote(const std::string& s) { return "'" + s + "'"; }
 
 std::string not_a_ticket(const std::string& where, const std::string& why) {
   return where + " is not an lth_sparse ticket file (" + why +
-         "); tickets are written by `lth-sparse export` / lth_sparse.ticket.save_ticket";
+         "); tickets are written by `lth-sparse export` / lth_sparse.sparse.ticket_file.save_ticket";
 }
 
 // ------------------------------------------------------------------------- the file's bytes
 
 std::vector<uint8_t> read_whole_file(const std::string& path, const std::string& where) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO opens at once (then is refused below) instead of waiting for a writer;
+  // regular files ignore it.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int e = errno;
     if (e == ENOENT)
@@ -454,7 +456,11 @@ void Reader::read_safetensors() {
     e.bytes = base + e.begin;
     order.emplace_back(e.begin, kv.first);
   }
-  std::sort(order.begin(), order.end());
+  // By (begin, end): empty tensors sharing a begin with a full one come before it.
+  std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+    const Entry &ea = entries[a.second], &eb = entries[b.second];
+    return ea.begin != eb.begin ? ea.begin < eb.begin : ea.end < eb.end;
+  });
   uint64_t expected = 0;
   for (auto& o : order) {
     const Entry& e = entries[o.second];
