@@ -316,7 +316,8 @@ def _read_safetensors(data: bytes, where: str):
                               f"{header_len} bytes but only {size - 8} follow; export it again")
     try:
         header = json.loads(data[8:8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than Python's stack (a hostile header)
         raise TicketFileError(f"{where} has a corrupt safetensors header ({exc}); "
                               "export it again") from None
     if not isinstance(header, dict):
@@ -381,7 +382,7 @@ def _read_npz(data: bytes, where: str):
 def _parse_metadata(text: Any, where: str) -> dict:
     try:
         meta = json.loads(text)
-    except (TypeError, json.JSONDecodeError) as exc:
+    except (TypeError, json.JSONDecodeError, RecursionError) as exc:
         raise TicketFileError(f"{where}: the ticket metadata is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise TicketFileError(f"{where}: the ticket metadata must be a JSON object")
