@@ -14,9 +14,17 @@ PYTEST_ARGS ?= -q
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h)
 
-.PHONY: setup demo test bench bench-quick clean
+.PHONY: setup system-deps demo test bench bench-quick runtime runtime-install runtime-sanitize clean
 
-setup: $(STAMP)
+setup: system-deps $(STAMP)
+
+# Native dependencies of the Python-free runtime (csrc/runtime): nlohmann-json (header only),
+# OpenSSL's libcrypto (sha256) and pkg-config (its tests build a consumer). Installed with apt
+# when missing (CI runs as root on Debian); elsewhere install them with your package manager.
+system-deps:
+	@test -f /usr/include/nlohmann/json.hpp && test -f /usr/include/openssl/evp.h && \
+	    command -v pkg-config >/dev/null || \
+	    (apt-get update && apt-get install -y nlohmann-json3-dev libssl-dev pkg-config)
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +50,21 @@ bench: setup
 
 bench-quick: setup
 	$(VENV)/bin/lth-sparse bench --quick --out-dir /tmp/lth_sparse_bench_quick
+
+# The runtime alone, no Python needed: liblth_ticket, lth-sparse-run, examples/classify_mnist.
+RUNTIME_BUILD ?= build/runtime
+PREFIX ?= /usr/local
+runtime: system-deps
+	cmake -S . -B $(RUNTIME_BUILD) -DLTH_SPARSE_PYTHON=OFF -DLTH_SPARSE_RUNTIME=ON \
+	    -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(RUNTIME_BUILD) --parallel 2
+
+runtime-install: runtime
+	cmake --install $(RUNTIME_BUILD) --prefix $(PREFIX)
+
+# ASan + UBSan debug build of the runtime running the bad-ticket corpus (minutes on 2 cores).
+runtime-sanitize: setup
+	LTH_SPARSE_RUNTIME_SANITIZE=1 $(PY) -m pytest -q tests/test_runtime.py -k sanitizers
 
 clean:
 	rm -rf build *.egg-info lth_sparse/_C*.so $(STAMP)
