@@ -180,19 +180,25 @@ std::string shape_text(const std::vector<int64_t>& s, bool tuple) {
 
 // ------------------------------------------------------------------------- dtypes
 
+enum class Elem { kU16, kI32, kI64, kF16, kBF16, kF32, kF64, kOther };
+
 struct DType {
   const char* st;    // safetensors code
   const char* name;  // lth_sparse / torch name
   size_t size;
+  Elem elem;         // for per-element loads without string compares
 };
 // Every safetensors dtype, so that sizes of any entry can be checked; the ticket uses the
 // seven with a torch name.
 constexpr DType kDTypes[] = {
-    {"U16", "uint16", 2},   {"I32", "int32", 4},     {"I64", "int64", 8},
-    {"F16", "float16", 2},  {"BF16", "bfloat16", 2}, {"F32", "float32", 4},
-    {"F64", "float64", 8},  {"BOOL", "", 1},         {"U8", "", 1},
-    {"I8", "", 1},          {"F8_E5M2", "", 1},      {"F8_E4M3", "", 1},
-    {"I16", "", 2},         {"U32", "", 4},          {"U64", "", 8},
+    {"U16", "uint16", 2, Elem::kU16},     {"I32", "int32", 4, Elem::kI32},
+    {"I64", "int64", 8, Elem::kI64},      {"F16", "float16", 2, Elem::kF16},
+    {"BF16", "bfloat16", 2, Elem::kBF16}, {"F32", "float32", 4, Elem::kF32},
+    {"F64", "float64", 8, Elem::kF64},    {"BOOL", "", 1, Elem::kOther},
+    {"U8", "", 1, Elem::kOther},          {"I8", "", 1, Elem::kOther},
+    {"F8_E5M2", "", 1, Elem::kOther},     {"F8_E4M3", "", 1, Elem::kOther},
+    {"I16", "", 2, Elem::kOther},         {"U32", "", 4, Elem::kOther},
+    {"U64", "", 8, Elem::kOther},
 };
 
 const DType* dtype_by_code(const std::string& code) {
@@ -285,16 +291,16 @@ float round_to_bf16(float f) {
 // hold bfloat16 values (the npz convention), so round them as Python does.
 std::vector<float> to_float32(const Entry& e, bool bf16_round) {
   std::vector<float> out(static_cast<size_t>(e.numel));
-  const std::string name = e.dtype->name;
+  const Elem elem = e.dtype->elem;
   for (int64_t i = 0; i < e.numel; ++i) {
     float v;
-    if (name == "float32") v = load<float>(e.bytes, i);
-    else if (name == "float16") v = half_to_float(load<uint16_t>(e.bytes, i));
-    else if (name == "bfloat16") v = bf16_to_float(load<uint16_t>(e.bytes, i));
+    if (elem == Elem::kF32) v = load<float>(e.bytes, i);
+    else if (elem == Elem::kF16) v = half_to_float(load<uint16_t>(e.bytes, i));
+    else if (elem == Elem::kBF16) v = bf16_to_float(load<uint16_t>(e.bytes, i));
     else {  // float64, checked finite first; beyond float32's range becomes inf (refused later)
       const double d = load<double>(e.bytes, i);
       v = std::fabs(d) > std::numeric_limits<float>::max()
-              ? std::copysign(std::numeric_limits<float>::infinity(), static_cast<float>(d > 0 ? 1 : -1))
+              ? (d > 0 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity())
               : static_cast<float>(d);
     }
     out[static_cast<size_t>(i)] = bf16_round ? round_to_bf16(v) : v;
@@ -307,12 +313,12 @@ std::vector<float> to_float32(const Entry& e, bool bf16_round) {
 int64_t first_non_finite(const Entry& e, int64_t* count, double* value) {
   int64_t first = -1;
   *count = 0;
+  const Elem elem = e.dtype->elem;
   for (int64_t i = 0; i < e.numel; ++i) {
     double v;
-    const std::string name = e.dtype->name;
-    if (name == "float64") v = load<double>(e.bytes, i);
-    else if (name == "float32") v = load<float>(e.bytes, i);
-    else if (name == "float16") v = half_to_float(load<uint16_t>(e.bytes, i));
+    if (elem == Elem::kF64) v = load<double>(e.bytes, i);
+    else if (elem == Elem::kF32) v = load<float>(e.bytes, i);
+    else if (elem == Elem::kF16) v = half_to_float(load<uint16_t>(e.bytes, i));
     else v = bf16_to_float(load<uint16_t>(e.bytes, i));
     if (!std::isfinite(v)) {
       if (first < 0) {
@@ -333,11 +339,13 @@ std::string float_text(double v) {
   return s.str();
 }
 
+// Element i of an index tensor (dtype checked to be uint16, int32 or int64 by the caller).
 int64_t integer_at(const Entry& e, int64_t i) {
-  const std::string name = e.dtype->name;
-  if (name == "uint16") return load<uint16_t>(e.bytes, i);
-  if (name == "int32") return load<int32_t>(e.bytes, i);
-  return load<int64_t>(e.bytes, i);
+  switch (e.dtype->elem) {
+    case Elem::kU16: return load<uint16_t>(e.bytes, i);
+    case Elem::kI32: return load<int32_t>(e.bytes, i);
+    default: return load<int64_t>(e.bytes, i);
+  }
 }
 
 int64_t row_of(const std::vector<int64_t>& ip, int64_t j) {
