@@ -226,7 +226,7 @@ def test_time_boxes_layout_and_summary(tmp_path):
         "GPU_CHECK_FAKE_TICKET": _fake_writes(ticket, "ticket"),
         "GPU_CHECK_FAKE_TRAIN": "exit 7",
     }
-    res = run_script(tmp_path, "--budget", "grid=3", env=env)
+    res = run_script(tmp_path, "--budget", "grid=2", env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     out = tmp_path / "out"
     report = json.loads((out / "gpu_check.json").read_text())
@@ -277,3 +277,17 @@ def test_a_failed_collect_still_leaves_a_summary(tmp_path):
     assert "Targets not evaluated" in summary
     assert "| collect | **failed rc 1**" in summary and "| grid | **ok**" in summary
     assert (tmp_path / "out" / "gpu_check_full.tar.gz").is_file()
+
+
+def test_skipped_steps_are_recorded_and_their_boxes_do_not_count(tmp_path):
+    env = {f"GPU_CHECK_FAKE_{s}": "true" for s in ("BUILD", "CUDA_TESTS", "BANDWIDTH", "GRID",
+                                                   "TICKET", "TRAIN")}
+    # 500 s for the grid alone would break the 560 s limit, but the grid is skipped
+    res = run_script(tmp_path, "--skip", "grid,train", "--budget", "grid=500", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    status = {s["step"]: s["status"] for s in report["steps"]}
+    assert status == {"build": "ok", "cuda_tests": "ok", "bandwidth": "ok", "grid": "skipped",
+                      "ticket": "ok", "train": "skipped"}
+    res = run_script(tmp_path, "--skip", "collect")
+    assert res.returncode == 2 and "always runs" in res.stderr
