@@ -1,26 +1,11 @@
-"""Helpers shared by the bench tests: parsed flags for tiny runs, and a tiny ticket file."""
+"""Fixtures of the bench tests: a tiny ticket file."""
 from __future__ import annotations
-
-import argparse
 
 import pytest
 
-from lth_sparse.bench.cli import add_bench_arguments
 from lth_sparse.bench.grids import make_masked_mlp
 from lth_sparse.bridge.convert import sparse_mlp_from_mlp
 from lth_sparse.sparse.ticket_file import save_ticket
-
-
-def parse_bench_args(*argv):
-    parser = argparse.ArgumentParser()
-    add_bench_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
-def quick_args(out_dir, *extra):
-    """Flags of a tiny, fast run writing under out_dir (never benchmarks/results/)."""
-    return parse_bench_args("--quick", "--threads", "1", "--out-dir", str(out_dir),
-                            "--repeats", "3", *extra)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from lth_sparse.bench.c_runtime import ENV_VAR, find_runtime, parse_bench_output
 from lth_sparse.bench.cli import bench_config_from_args
 from lth_sparse.bench.suite import run_benchmarks
 from lth_sparse.errors import ConfigError
-from tests.bench.conftest import quick_args
+from tests.bench.helpers import quick_args
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from lth_sparse import cli as lth_cli
 from lth_sparse.bench.cli import bench_config_from_args, main
 from lth_sparse.bench.rows import COLUMNS
 from lth_sparse.sparse.tolerances import relative_error_bound
-from tests.bench.conftest import quick_args
+from tests.bench.helpers import quick_args
 
 
 def test_quick_grid_writes_every_output(tmp_path, capsys):

@@ -12,7 +12,7 @@ from lth_sparse.bench.config import (
 )
 from lth_sparse.bench.providers import default_providers, select_providers
 from lth_sparse.errors import ConfigError
-from tests.bench.conftest import parse_bench_args, quick_args
+from tests.bench.helpers import parse_bench_args, quick_args
 
 
 def test_parsers():

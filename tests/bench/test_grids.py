@@ -14,7 +14,7 @@ from lth_sparse.bench.suite import run_benchmarks
 from lth_sparse.bridge.convert import sparse_mlp_from_mlp
 from lth_sparse.sparse import nn as sparse_nn
 from lth_sparse.sparse.tolerances import relative_error_bound
-from tests.bench.conftest import quick_args
+from tests.bench.helpers import quick_args
 
 
 def test_problem_is_a_valid_csr_of_its_dense_weight():

@@ -1,4 +1,5 @@
-"""Git state and the dirty-tree rule for benchmarks/results/ (issue: honest numbers)."""
+"""Git state and the dirty-tree rule for benchmarks/results/: committed numbers must match
+the commit they name."""
 from __future__ import annotations
 
 import subprocess
@@ -15,7 +16,7 @@ from lth_sparse.bench.machine import (
     machine_tag,
 )
 from lth_sparse.errors import ConfigError
-from tests.bench.conftest import parse_bench_args
+from tests.bench.helpers import parse_bench_args
 
 
 def test_dirty_paths_ignore_results_and_untracked_files_outside_the_sources():

@@ -8,7 +8,7 @@ from lth_sparse.bench.cli import bench_config_from_args
 from lth_sparse.bench.providers import Provider, default_providers, select_providers
 from lth_sparse.bench.suite import run_benchmarks
 from lth_sparse.sparse import ops
-from tests.bench.conftest import quick_args
+from tests.bench.helpers import quick_args
 
 
 def test_supports_names_device_and_dtype():

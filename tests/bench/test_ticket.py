@@ -15,7 +15,7 @@ from lth_sparse.bench.suite import run_benchmarks
 from lth_sparse.bench.ticket import FLOOR
 from lth_sparse.bridge.convert import sparse_mlp_from_mlp
 from lth_sparse.sparse import ticket_file
-from tests.bench.conftest import quick_args
+from tests.bench.helpers import quick_args
 
 HAVE_ORT = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx"))
 
