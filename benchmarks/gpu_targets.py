@@ -338,11 +338,17 @@ def merge_grid(docs: list[dict], dest: Path) -> list[dict]:
                 parts=len(docs))
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        from lth_sparse import bench
-        registry = bench.default_providers()
-        bench.add_speedups(rows)  # per cell; a cell's rows all come from one run
-        targets = bench.evaluate_targets(rows, "cuda", registry)
-        bench.write_outputs(dest, meta, rows, targets, registry, plots=True)
+        from lth_sparse.bench.providers import default_providers
+        from lth_sparse.bench.report import write_outputs
+        from lth_sparse.bench.rows import add_speedups
+        from lth_sparse.bench.ticket import DESCRIPTIONS
+        from lth_sparse.bench.targets import evaluate_targets
+        registry = default_providers()
+        ours = {n for n, p in registry.items() if p.ours}
+        add_speedups(rows)  # per cell; a cell's rows all come from one run
+        targets = evaluate_targets(rows, "cuda", ours)
+        descriptions = {n: p.description for n, p in registry.items()} | DESCRIPTIONS
+        write_outputs(dest, meta, rows, targets, descriptions, ours, plots=True)
     except Exception as exc:  # bench moved or broke: keep the data, say so
         (dest / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows, targets=[]),
                                                       indent=1))
