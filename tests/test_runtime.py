@@ -27,6 +27,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -693,7 +694,9 @@ def test_install_then_build_consumers_with_pkg_config_and_cmake(runtime, tmp_pat
 @pytest.mark.skipif(os.environ.get("LTH_SPARSE_RUNTIME_SANITIZE") != "1",
                     reason="set LTH_SPARSE_RUNTIME_SANITIZE=1 to build and run the ASan+UBSan runtime")
 def test_corpus_under_address_and_undefined_behaviour_sanitizers(tmp_path, good_layers):
-    rt = _build_runtime(REPO / "build" / "runtime-asan", "-DCMAKE_BUILD_TYPE=Debug",
+    # Outside build/: the benchmarks pick the newest build/**/lth-sparse-run, never this one.
+    build = Path(tempfile.gettempdir()) / f"lth_sparse-runtime-asan-{os.getuid()}"
+    rt = _build_runtime(build, "-DCMAKE_BUILD_TYPE=Debug",
                         "-DLTH_SPARSE_SANITIZE=address,undefined", "-DLTH_SPARSE_NATIVE=OFF")
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
