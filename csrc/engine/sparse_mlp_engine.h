@@ -55,6 +55,19 @@ class SparseMLPEngine {
   void set_threads(int threads);  // <= 0: the OpenMP default
   int threads() const;
 
+  // --- Extensions (tests, benchmarks, tuning); forward() is forward_path(..., kAuto).
+  // kGather: row-major activations, a scalar gather per nonzero (best for a few rows);
+  // kTiled: batch tiles transposed so each nonzero is a SIMD multiply-add over the tile.
+  // kAuto picks gather for batch <= gather_max_batch().
+  enum class Path : int { kAuto = 0, kGather = 1, kTiled = 2 };
+  void forward_path(const float* x, int64_t batch, float* y, int threads, Path path) const;
+  // Calls with fewer multiply-adds than this ((nnz + n_out) * batch) run on the calling thread
+  // (a fork/join costs microseconds); < 0 restores the default. 0 forces the team (tests).
+  void set_parallel_min_work(int64_t work);
+  int64_t parallel_min_work() const;
+  static int64_t gather_max_batch();
+  static int64_t tile_width();  // batch rows per tile of the tiled path
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
