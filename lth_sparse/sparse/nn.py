@@ -367,15 +367,24 @@ class SparseMLP(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(1)
-        layers = list(self.layers.values())
-        if (not torch.compiler.is_compiling() and len({l.backend for l in layers}) == 1
-                and not any(l.records_graph(x) for l in layers)):
-            layers[0].check_input(x)
-            return self._inference_plan(x, layers)(x)
+        if x.dim() != 2:
+            x = x.flatten(1)
+        # Direct dict reads: nn.Module.__getattr__ costs ~0.3 us each, and at batch 1 the
+        # whole native forward of a LeNet ticket takes about 10 us.
+        layers = list(self._modules["layers"]._modules.values())
+        if not torch.compiler.is_compiling() and not self._records_graph(x, layers):
+            plan = self._inference_plan(x, layers)
+            if plan is not None:
+                return plan(x)
         for layer in layers:
             x = layer(x)
         return x
+
+    @staticmethod
+    def _records_graph(x: Tensor, layers: list[SparseLinear]) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(l.records_graph(x) for l in layers)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -383,21 +392,32 @@ class SparseMLP(nn.Module):
         return state
 
     def _inference_plan(self, x: Tensor, layers: list[SparseLinear]):
-        """The whole network as one ops.spmm_chain_plan, rebuilt only when a layer's tensors
-        or backend change: at small batches, per-layer call overhead is most of the time."""
+        """The whole network as one ops.spmm_chain_plan (on the cpu backend: the native
+        engine), rebuilt only when a layer's tensors or backend change; None when the layers
+        use different backends. At small batches, per-layer call overhead is most of the time.
+        Checks x: fully when the plan is (re)built, its width otherwise (the key pins x's
+        dtype and device)."""
         # .to()/load_state_dict replace or bump the parameters; the pattern buffers move with
         # them, so the parameters' storage and versions identify the plan's inputs.
         key = [x.device, x.dtype]
         for l in layers:
-            params = l._parameters  # direct: nn.Module.__getattr__ is slow on a hot path
-            key += [l.backend, params["values"].data_ptr(), params["values"]._version]
-            if params.get("bias") is not None:
-                key += [params["bias"].data_ptr(), params["bias"]._version]
+            params = l._parameters
+            v, b = params["values"], params.get("bias")
+            key += [l.backend, v.data_ptr(), v._version]
+            if b is not None:
+                key += [b.data_ptr(), b._version]
         cached = self.__dict__.get("_plan")
-        if cached is None or cached[0] != key:
-            chain = [(l.indptr, l.indices, l.values.detach(),
-                      None if l.bias is None else l.bias.detach(), l.relu, l.out_features)
-                     for l in layers]
-            cached = (key, ops.spmm_chain_plan(chain, x.device, x.dtype, layers[0].backend))
-            self.__dict__["_plan"] = cached  # not a module attribute: no state_dict, no .to()
-        return cached[1]
+        if cached is not None and cached[0] == key:
+            if x.shape[1] != cached[1]:
+                layers[0].check_input(x)  # raises, naming the expected width
+            return cached[2]
+        layers[0].check_input(x)
+        if len({l.backend for l in layers}) != 1:
+            return None
+        chain = [(l.indptr, l.indices, l.values.detach(),
+                  None if l.bias is None else l.bias.detach(), l.relu, l.out_features)
+                 for l in layers]
+        n_in = layers[0].in_features
+        plan = ops.spmm_chain_plan(chain, x.device, x.dtype, layers[0].backend, n_in=n_in)
+        self.__dict__["_plan"] = (key, n_in, plan)  # not a module attribute: no state_dict
+        return plan

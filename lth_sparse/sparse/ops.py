@@ -211,19 +211,25 @@ def sddmm(dy: torch.Tensor, x: torch.Tensor, indptr: torch.Tensor, indices: torc
     return _module(name).sddmm(dy.contiguous(), x.contiguous(), indptr, indices, out)
 
 
-def spmm_chain_plan(layers, device: torch.device, dtype: torch.dtype, backend: str = "auto"):
+def spmm_chain_plan(layers, device: torch.device, dtype: torch.dtype, backend: str = "auto",
+                    n_in: int | None = None):
     """A callable x -> y for a chain of CSR layers: h = spmm(h, layer_i) with each layer's ReLU.
 
     layers: [(indptr, indices, values, bias or None, relu, n_out)], validated by the caller
-    (SparseMLP builds them from validated SparseLinear layers). The plan prepares each backend's
-    arguments once, so a small network's forward is not dominated by per-call conversions; the
-    tensors are used in place, and the caller rebuilds the plan when any of them is replaced or
-    modified. x: (B, K0) in `dtype` on `device`; returns (B, n_out of the last layer).
+    (SparseMLP builds them from validated SparseLinear layers); n_in: the first layer's
+    in_features (lets a backend build a whole-network plan). A backend module may offer
+    `prepare_chain(layers, n_in, dtype)` returning such a callable (the cpu backend returns the
+    native whole-network engine, lth_sparse.sparse.engine.Engine) or None to decline; otherwise
+    the layers run one spmm at a time. The caller rebuilds the plan when any tensor is replaced
+    or modified. x: (B, K0) in `dtype` on `device`; returns (B, n_out of the last layer).
     """
     name = resolve_backend(backend, device, dtype)
     module = _module(name)
-    if hasattr(module, "SpmmChainPlan") and dtype != torch.float64:  # the plan computes in fp32
-        return module.SpmmChainPlan(layers)
+    prepare = getattr(module, "prepare_chain", None)
+    if prepare is not None:
+        plan = prepare(layers, n_in, dtype)
+        if plan is not None:
+            return plan
 
     def run(x: torch.Tensor) -> torch.Tensor:
         for indptr, indices, values, bias, relu, n_out in layers:

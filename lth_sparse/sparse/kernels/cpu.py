@@ -132,6 +132,25 @@ def sddmm(dy, x, indptr, indices, out):
     return _finish(tmp, out)
 
 
+def prepare_chain(layers, n_in: int | None, dtype: torch.dtype):
+    """The backend hook of lth_sparse.sparse.ops.spmm_chain_plan: a callable x -> y running the
+    whole chain (layers as that function describes them), or None for float64 (which runs
+    layer by layer in fp64).
+
+    The native engine (lth_sparse.sparse.engine.Engine: every layer in one C++ call) when the
+    extension has it and n_in is known; else SpmmChainPlan (one spmm call per layer). The
+    engine owns copies of the arrays: later in-place changes are not seen (the caller rebuilds
+    the plan when values or bias change), and nothing done to the tensors afterwards can make
+    it read out of bounds.
+    """
+    if dtype == torch.float64:
+        return None
+    from lth_sparse.sparse import engine
+    if n_in is not None and engine.available()[0]:
+        return engine.Engine.from_chain(layers, n_in, copy=True)
+    return SpmmChainPlan(layers)
+
+
 class SpmmChainPlan:
     """A chain of spmm calls (one per layer, each with its ReLU) with every layer's arrays
     converted to numpy once: per call only the activations and outputs are wrapped.
