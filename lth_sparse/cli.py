@@ -70,10 +70,10 @@ def cmd_show(args) -> int:
         runs_listing,
         seeds_table,
     )
-    from lth_sparse.lottery.store import Index, default_runs_dir, open_run
+    from lth_sparse.lottery.store import list_runs, open_run
 
     if not args.runs:
-        print(runs_listing(Index(args.runs_dir or default_runs_dir()).runs()))
+        print(runs_listing(list_runs(args.runs_dir)))
         return 0
     runs = [open_run(r, args.runs_dir) for r in args.runs]
     for run in runs:

@@ -25,7 +25,7 @@ from lth_sparse.lottery.pruning import (
     set_masks,
     sparsity_report,
 )
-from lth_sparse.lottery.store import Index, Run, default_runs_dir
+from lth_sparse.lottery.store import Run, default_runs_dir
 from lth_sparse.lottery.training import TrainResult, train
 
 
@@ -63,16 +63,12 @@ def find_ticket(cfg: ExperimentConfig, runs_dir: str | Path | None = None, *,
         data = load_data_for(cfg)  # before writing anything: missing data leaves no trace
     if not run.config_path.exists():
         run.write_config(cfg)
-    index = Index(runs_dir)
     done = run.completed_rounds()
-    index.record_run(run, cfg, len(done))
     if done:
         log(f"resuming {run.path}: rounds 0..{done[-1]} already complete")
     last = cfg.lottery.rounds if stop_after_round is None else min(stop_after_round, cfg.lottery.rounds)
     for r in range(len(done), last + 1):
         metrics = _run_round(cfg, run, r, data, progress)
-        index.record_round(run, metrics)
-        index.record_run(run, cfg, r + 1)
         log(format_round(metrics))
     return run
 

@@ -1,6 +1,5 @@
 """The run store: the one module that knows file names.
 
-    <runs>/index.sqlite                   runs and per-round metrics, for `show`, `export`, reports
     <runs>/<run_id>/config.json           the experiment config + store format version
     <runs>/<run_id>/rewind.pt             raw parameters at the rewind iteration (round 0)
     <runs>/<run_id>/round_NNN/state.pt    masks, trained (final) and early-stop parameters
@@ -14,8 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sqlite3
-import time
 from pathlib import Path
 
 import torch
@@ -155,60 +152,28 @@ def open_run(ref: str | os.PathLike, runs_dir: Path | None = None) -> Run:
                         "starts with it; list runs with `lth-sparse show`")
 
 
-# -------------------------------------------------------------------- SQLite index
+# -------------------------------------------------------------------- listing
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, path TEXT, config TEXT, package_version TEXT,
-    created REAL, updated REAL, rounds_done INTEGER, rounds_total INTEGER);
-CREATE TABLE IF NOT EXISTS rounds (
-    run_id TEXT, round INTEGER, kind TEXT, pct_remaining REAL, early_stop_iteration INTEGER,
-    test_acc_at_early_stop REAL, max_val_acc REAL, final_train_acc REAL, final_test_acc REAL,
-    wall_time_s REAL, PRIMARY KEY (run_id, round, kind));
-"""
-
-
-class Index:
-    """SQLite index of runs and per-round metrics under a runs directory (stdlib only)."""
-
-    def __init__(self, runs_dir: Path):
-        self.path = Path(runs_dir) / "index.sqlite"
-
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30)
-        con.executescript(_SCHEMA)
-        return con
-
-    def record_run(self, run: Run, cfg: ExperimentConfig, rounds_done: int) -> None:
-        now = time.time()
-        with self._connect() as con:
-            con.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET "
-                "path=excluded.path, updated=excluded.updated, rounds_done=excluded.rounds_done",
-                (run.run_id, str(run.path.resolve()), cfg.canonical_json(), __version__, now, now,
-                 rounds_done, cfg.lottery.rounds + 1))
-
-    def record_round(self, run: Run, metrics: dict) -> None:
-        rows = []
-        for kind, m in [("ticket", metrics["ticket"]), *metrics.get("controls", {}).items()]:
-            rows.append((run.run_id, metrics["round"], kind, m["pct_remaining"],
-                         m["early_stop_iteration"], m["test_acc_at_early_stop"], m["max_val_acc"],
-                         m["final_train_acc"], m["final_test_acc"], m["wall_time_s"]))
-        with self._connect() as con:
-            con.executemany("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-
-    def runs(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        with self._connect() as con:
-            con.row_factory = sqlite3.Row
-            return [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY updated DESC")]
-
-    def rounds(self, run_id: str) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        with self._connect() as con:
-            con.row_factory = sqlite3.Row
-            return [dict(r) for r in con.execute(
-                "SELECT * FROM rounds WHERE run_id=? ORDER BY round, kind", (run_id,))]
+def list_runs(runs_dir: Path | None = None) -> list[dict]:
+    """Every run under runs_dir, newest first, read from the run directories themselves (the
+    files are the one source of truth: there is no separate index to fall out of step)."""
+    root = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+    if not root.is_dir():
+        return []
+    runs = []
+    for path in root.iterdir():
+        run = Run(path)
+        if not run.config_path.is_file():
+            continue
+        try:
+            cfg = run.read_config()
+        except (ConfigError, RunStoreError):
+            continue  # not a run of this store format: open_run explains why when asked
+        done = run.completed_rounds()
+        raw = json.loads(run.config_path.read_text())
+        runs.append({"run_id": run.run_id, "path": str(path), "rounds_done": len(done),
+                     "rounds_total": cfg.lottery.rounds + 1,
+                     "package_version": raw.get("package_version", "?"),
+                     "updated": max((run.round_dir(r) / "metrics.json").stat().st_mtime
+                                    for r in done) if done else run.config_path.stat().st_mtime})
+    return sorted(runs, key=lambda r: r["updated"], reverse=True)

@@ -7,7 +7,7 @@ call (GIL released), with its activation buffers reused per calling thread.
 
 The pure-PyTorch reference (`lth_sparse.sparse.kernels.reference.spmm`, layer by layer) is the
 oracle it is tested against. SparseMLP uses an Engine automatically for CPU inference (see
-`lth_sparse.sparse.kernels.cpu.prepare_chain`).
+`lth_sparse.sparse.kernels.cpu.prepare_chain`, the backend protocol's chain hook).
 
 The engine computes in float32: values and bias of another dtype are converted once when the
 engine is built, and float16/bfloat16 activations are upcast per call (the result is cast back
@@ -119,26 +119,25 @@ class Engine:
         self._build(arrays, copy, threads)
 
     @classmethod
-    def from_chain(cls, chain, n_in: int, copy: bool = True, threads: int = 0) -> "Engine":
-        """From already validated layers as the backends' chain protocol passes them:
-        [(indptr, indices, values, bias or None, relu, n_out)] (tensors), n_in of the first.
-        Only the cheap O(nnz) memory-safety checks of the native engine run."""
+    def from_chain(cls, chain, copy: bool = True, threads: int = 0) -> "Engine":
+        """From already validated layers as the backend protocol passes them
+        ([lth_sparse.sparse.kernels.base.ChainLayer], input to output). Only the native
+        engine's O(nnz) memory-safety checks run (chaining, counts, index range)."""
         self = cls.__new__(cls)
-        arrays = []
-        for i, (indptr, indices, values, bias, relu, n_out) in enumerate(chain):
-            arrays.append(_layer_arrays(indptr, indices, values, bias, n_in, relu, f"layer {i}"))
-            n_in = int(n_out)
+        arrays = [_layer_arrays(l.indptr, l.indices, l.values, l.bias, l.n_in, l.relu,
+                                f"layer {i}") for i, l in enumerate(chain)]
         self._build(arrays, copy, threads)
         return self
 
     @classmethod
     def from_sparse_mlp(cls, model, copy: bool = True, threads: int = 0) -> "Engine":
         """From a SparseMLP (its layers' current values and biases)."""
-        layers = list(model.layers.values())
-        chain = [(l.indptr, l.indices, l.values.detach(),
-                  None if l.bias is None else l.bias.detach(), l.relu, l.out_features)
-                 for l in layers]
-        return cls.from_chain(chain, layers[0].in_features, copy=copy, threads=threads)
+        from lth_sparse.sparse.kernels.base import ChainLayer
+        chain = [ChainLayer(l.indptr, l.indices, l.values.detach(),
+                            None if l.bias is None else l.bias.detach(), l.relu,
+                            l.out_features, l.in_features)
+                 for l in model.layers.values()]
+        return cls.from_chain(chain, copy=copy, threads=threads)
 
     def _build(self, arrays, copy: bool, threads: int) -> None:
         ok, reason = available()

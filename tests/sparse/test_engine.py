@@ -21,6 +21,7 @@ from lth_sparse.sparse import ops
 from lth_sparse.sparse.csr import CSRMatrix
 from lth_sparse.sparse.engine import Engine
 from lth_sparse.sparse.kernels import reference
+from lth_sparse.sparse.kernels.base import ChainLayer
 from lth_sparse.sparse.nn import SparseMLP
 from lth_sparse.sparse.ticket_file import load_ticket, save_ticket
 from tests.helpers import TOL, fresh_seed, random_csr
@@ -342,17 +343,20 @@ def test_load_ticket_model_uses_the_engine_and_matches_reference(tmp_path):
     assert isinstance(model.__dict__["_plan"][2], Engine)
 
 
-def test_chain_plan_without_n_in_falls_back_to_per_layer_calls():
+def _chain(layers):
+    return [ChainLayer(c.indptr, c.indices, c.values, b, i < len(layers) - 1, c.n_rows, c.n_cols)
+            for i, (c, b) in enumerate(layers)]
+
+
+def test_cpu_backend_chain_hook_returns_the_engine():
     g = torch.Generator().manual_seed(fresh_seed())
     layers = _net("five_layers", g)
-    chain = [(c.indptr, c.indices, c.values, b, i < 4, c.n_rows) for i, (c, b) in enumerate(layers)]
     x = torch.randn(6, 70, generator=g)
-    want = _reference(layers, x).to(torch.float32)
-    with_n_in = ops.spmm_chain_plan(chain, x.device, x.dtype, "cpu", n_in=70)
-    without = ops.spmm_chain_plan(chain, x.device, x.dtype, "cpu")
-    assert isinstance(with_n_in, Engine) and not isinstance(without, Engine)
-    torch.testing.assert_close(with_n_in(x), want, **F32)
-    torch.testing.assert_close(without(x), want, **F32)
+    run = ops.prepare_chain(_chain(layers), x.device, x.dtype, "cpu")
+    assert isinstance(run, Engine)
+    torch.testing.assert_close(run(x), _reference(layers, x).to(torch.float32), **F32)
+    assert not isinstance(ops.prepare_chain(_chain(layers), x.device, torch.float64, "cpu"),
+                          Engine)
 
 
 def test_engine_errors_are_csr_errors():
@@ -360,6 +364,6 @@ def test_engine_errors_are_csr_errors():
     assert C is not None
     csr = CSRMatrix(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([5], dtype=torch.int32),
                     torch.ones(1), (1, 6))
-    chain = [(csr.indptr, csr.indices, csr.values, None, False, 1)]
+    chain = [ChainLayer(csr.indptr, csr.indices, csr.values, None, False, 1, 3)]  # 5 >= n_in
     with pytest.raises(CSRError, match="outside"):
-        Engine.from_chain(chain, n_in=3)
+        Engine.from_chain(chain)

@@ -132,41 +132,41 @@ def sddmm(dy, x, indptr, indices, out):
     return _finish(tmp, out)
 
 
-def prepare_chain(layers, n_in: int | None, dtype: torch.dtype):
-    """The backend hook of lth_sparse.sparse.ops.spmm_chain_plan: a callable x -> y running the
-    whole chain (layers as that function describes them), or None for float64 (which runs
-    layer by layer in fp64).
+def prepare_chain(layers, dtype: torch.dtype):
+    """The backend protocol's chain hook (see kernels/base.py), for float32/16/bf16
+    activations; None for float64 (which then runs layer by layer in fp64).
 
-    The native engine (lth_sparse.sparse.engine.Engine: every layer in one C++ call) when the
-    extension has it and n_in is known; else SpmmChainPlan (one spmm call per layer). The
-    engine owns copies of the arrays: later in-place changes are not seen (the caller rebuilds
-    the plan when values or bias change), and nothing done to the tensors afterwards can make
-    it read out of bounds.
+    The native whole-network engine (lth_sparse.sparse.engine.Engine: every layer in one C++
+    call) when the extension has it, else a _Chain (one spmm call per layer). The engine owns
+    copies of the arrays: later in-place changes are not seen (the caller rebuilds the chain
+    when values or bias change), and nothing done to the tensors afterwards can make it read
+    out of bounds.
     """
     if dtype == torch.float64:
         return None
-    from lth_sparse.sparse import engine
-    if n_in is not None and engine.available()[0]:
-        return engine.Engine.from_chain(layers, n_in, copy=True)
-    return SpmmChainPlan(layers)
+    from lth_sparse.sparse import engine  # lazy: engine imports the CSR container
+    if engine.available()[0]:
+        return engine.Engine.from_chain(layers, copy=True)
+    return _Chain(layers)
 
 
-class SpmmChainPlan:
+class _Chain:
     """A chain of spmm calls (one per layer, each with its ReLU) with every layer's arrays
     converted to numpy once: per call only the activations and outputs are wrapped.
 
-    layers: [(indptr, indices, values, bias or None, relu, n_out)] as lth_sparse.sparse.ops passes
-    them. Views share the tensors' memory (in-place updates are seen); values or bias that are
-    not float32 are converted once, so the owner rebuilds the plan when they change.
+    layers: [base.ChainLayer]. Views share the tensors' memory (in-place updates are seen);
+    values or bias that are not float32 are converted once, so the owner rebuilds the chain
+    when they change.
     """
 
     def __init__(self, layers):
-        self.layers = [(_index(ip, "indptr"), _index(ix, "indices"), _np(v, torch.float32),
-                        None if b is None else _np(b, torch.float32), bool(relu), int(n))
-                       for ip, ix, v, b, relu, n in layers]
+        self.layers = [(_index(l.indptr, "indptr"), _index(l.indices, "indices"),
+                        _np(l.values, torch.float32),
+                        None if l.bias is None else _np(l.bias, torch.float32), bool(l.relu),
+                        int(l.n_out)) for l in layers]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, K0) float32/float16/bfloat16 -> (B, n_out) float32 (cast back to x's dtype)."""
+        """x (B, K0) float32/float16/bfloat16 -> (B, n_out) (cast back to x's dtype)."""
         ext = _C()
         h = _np(x, torch.float32)
         out = x
