@@ -283,7 +283,7 @@ def test_sparse_mlp_inference_runs_on_the_engine_and_matches_reference():
             y = model(x)
             torch.testing.assert_close(y, ref_model(x), **F32)
         torch.testing.assert_close(y, _reference(layers, x.flatten(1)).to(torch.float32), **F32)
-    assert isinstance(model.__dict__["_plan"][2], Engine)
+    assert isinstance(model.__dict__["_plan"].plan, Engine)
 
 
 def test_sparse_mlp_engine_is_rebuilt_when_values_or_bias_change():
@@ -292,11 +292,11 @@ def test_sparse_mlp_engine_is_rebuilt_when_values_or_bias_change():
     x = torch.randn(3, 784, generator=g)
     with torch.no_grad():
         model(x)
-        first = model.__dict__["_plan"][2]
+        first = model.__dict__["_plan"].plan
         model.layers["fc1"].values.mul_(0.5)
         model.layers["fc3"].bias.add_(1.0)
         y = model(x)
-    assert model.__dict__["_plan"][2] is not first
+    assert model.__dict__["_plan"].plan is not first
     layers[0][0].values.mul_(0.5)
     layers[2][1].add_(1.0)
     torch.testing.assert_close(y, _reference(layers, x).to(torch.float32), **F32)
@@ -321,7 +321,7 @@ def test_sparse_mlp_other_dtypes_match_reference(dtype):
     with torch.no_grad():
         y = model(x)
     assert y.dtype == dtype
-    plan = model.__dict__["_plan"][2]
+    plan = model.__dict__["_plan"].plan
     assert isinstance(plan, Engine) == (dtype != torch.float64)  # fp64 stays in fp64 kernels
     rounded = [(CSRMatrix(c.indptr, c.indices, c.values.to(dtype), c.shape), b.to(dtype))
                for c, b in layers]
@@ -340,7 +340,7 @@ def test_load_ticket_model_uses_the_engine_and_matches_reference(tmp_path):
         y = model(x)
         torch.testing.assert_close(y, ref_model(x), **F32)
     torch.testing.assert_close(y, _reference(layers, x).to(torch.float32), **F32)
-    assert isinstance(model.__dict__["_plan"][2], Engine)
+    assert isinstance(model.__dict__["_plan"].plan, Engine)
 
 
 def _chain(layers):
@@ -367,3 +367,21 @@ def test_engine_errors_are_csr_errors():
     chain = [ChainLayer(csr.indptr, csr.indices, csr.values, None, False, 1, 3)]  # 5 >= n_in
     with pytest.raises(CSRError, match="outside"):
         Engine.from_chain(chain)
+
+
+def test_sparse_mlp_engine_follows_conversions_and_replaced_parameters():
+    g = torch.Generator().manual_seed(fresh_seed())
+    layers, model = _mlp(g)
+    x = torch.randn(2, 784, generator=g)
+    with torch.no_grad():
+        model(x)
+        model.half().float()  # swaps every parameter's .data (no version change): values rounded
+        rounded = [(CSRMatrix(c.indptr, c.indices, c.values.half().float(), c.shape),
+                    b.half().float()) for c, b in layers]
+        torch.testing.assert_close(model(x), _reference(rounded, x).to(torch.float32), **F32)
+        fc2 = model.layers["fc2"]
+        fc2.values = torch.nn.Parameter(torch.zeros_like(fc2.values))  # replaced, not modified
+        rounded[1] = (CSRMatrix(rounded[1][0].indptr, rounded[1][0].indices,
+                                torch.zeros_like(rounded[1][0].values), rounded[1][0].shape),
+                      rounded[1][1])
+        torch.testing.assert_close(model(x), _reference(rounded, x).to(torch.float32), **F32)
