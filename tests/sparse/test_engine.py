@@ -385,3 +385,36 @@ def test_sparse_mlp_engine_follows_conversions_and_replaced_parameters():
                                 torch.zeros_like(rounded[1][0].values), rounded[1][0].shape),
                       rounded[1][1])
         torch.testing.assert_close(model(x), _reference(rounded, x).to(torch.float32), **F32)
+
+
+@pytest.mark.parametrize("kind", NETS)
+def test_batch_one_skips_zero_and_background_inputs_exactly(kind):
+    """Batch 1 takes the scatter path when most inputs are 0 (ReLU outputs) or equal x[0] (a
+    constant background, e.g. standardised MNIST); NaN and inf inputs still propagate."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    layers = _net(kind, g)
+    eng = Engine(layers)
+    n_in = layers[0][0].n_cols
+    fg = torch.rand(1, n_in, generator=g) < 0.2
+    cases = {"zeros": torch.randn(1, n_in, generator=g) * fg,
+             "background": torch.where(fg, torch.randn(1, n_in, generator=g), -0.4242),
+             "constant": torch.full((1, n_in), 0.7)}
+    nan = cases["background"].clone()
+    nan[0, -1] = float("nan")
+    inf = cases["background"].clone()
+    inf[0, n_in // 2] = float("inf")
+    cases.update(nan=nan, inf=inf)
+    for name, x in cases.items():
+        x = x.contiguous()
+        if name in ("nan", "inf"):
+            # Sparse semantics: a NaN/inf input reaches only the rows that store its column
+            # (the dense reference spreads it through 0 * NaN); the oracle is the batch-2
+            # gather kernel, which has no skipping.
+            pair = torch.full((2, eng.n_out), float("nan"))
+            eng.forward_into(x.expand(2, n_in).contiguous(), pair, path="gather", threads=1)
+            want = pair[:1]
+        else:
+            want = _reference(layers, x).to(torch.float32)
+        out = torch.full((1, eng.n_out), float("nan"))
+        eng.forward_into(x, out, threads=1)
+        torch.testing.assert_close(out, want, **F32, equal_nan=True, msg=lambda m: f"{name}: {m}")
