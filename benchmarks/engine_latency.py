@@ -12,6 +12,7 @@ one process (rounds interleave the providers, so drift hits all of them alike; m
   engine 1T/team at batch 1: one thread vs the team forced on (the threading crossover)
 
     python benchmarks/engine_latency.py [--threads 2] [--batches 1 4 16 64 256 1000 10000]
+                                        [--input randn|mnist]
 
 This is a quick look; the official comparison is `lth-sparse bench --ticket`.
 """
@@ -115,14 +116,24 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=float, default=0.15,
                     help="seconds per provider per batch per repeat")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--input", choices=("randn", "mnist"), default="randn",
+                    help="randn: N(0, 1) inputs; mnist: standardised MNIST test images (the "
+                         "engine skips their constant background at batch 1); needs "
+                         "LTH_SPARSE_DATA or --data-dir")
+    ap.add_argument("--data-dir", default=None)
     args = ap.parse_args(argv)
+    images = None
+    if args.input == "mnist":
+        from lth_sparse.lottery.data import load_dataset
+        images = load_dataset("mnist", args.data_dir, download=False).test.images
 
     ext = _ext.extension()
     if ext is None or not hasattr(ext, "SparseMLPEngine"):
         raise SystemExit(f"the native engine is unavailable: {_ext.unavailable_reason()}")
     torch.set_num_threads(args.threads)
     ext.set_num_threads(args.threads)
-    print(f"threads={args.threads}; medians in us; x/ORT and x/torch = speed-up of SparseMLP")
+    print(f"threads={args.threads}, input={args.input}; medians in us; x/ORT and x/torch = "
+          "speed-up of SparseMLP")
 
     for rounds in args.rounds:
         layers, dense = ticket(rounds)
@@ -151,7 +162,10 @@ def main(argv=None) -> None:
         print("| batch | " + " | ".join(cols) + " |")
         print("|---:|" + "---:|" * len(cols))
         for batch in args.batches:
-            x = torch.randn(batch, SIZES[0])
+            if images is None:
+                x = torch.randn(batch, SIZES[0])
+            else:
+                x = images[torch.arange(batch) % images.shape[0]].contiguous()
             out = torch.empty(batch, SIZES[-1])
             raw = (lambda xx, o=out: engine.forward_ptr(xx.data_ptr(), xx.shape[0], o.data_ptr()))
             fns = dict(providers, **{"engine raw": raw})

@@ -321,6 +321,41 @@ void tile_rows(const LayerView& l, const float* __restrict h_in, float* __restri
   }
 }
 
+// Tiles of at most 8 rows use 8-lane (256-bit) vectors: their (n_in, 8) input tile is half the
+// size, so LeNet's first layer (784 x 8 x 4 B = 25 KiB) stays in L1. Measured (10.7% ticket,
+// one thread): batch 2 13.0 vs 15.2 us, batch 8 12.8 vs 16.6 us with 16-lane tiles.
+typedef float vfloat8 __attribute__((vector_size(8 * sizeof(float))));
+template <typename I>
+void tile_rows8(const LayerView& l, const float* __restrict h_in, float* __restrict h_out,
+                int64_t r0, int64_t r1) {
+  constexpr int U = 8;
+  const I* __restrict indices = static_cast<const I*>(l.indices);
+  const float* __restrict values = l.values;
+  const int32_t* indptr = l.indptr;
+  for (int64_t r = r0; r < r1; ++r) {
+    vfloat8 acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = vfloat8{};
+    const int64_t lo = indptr[r], hi = indptr[r + 1];
+    int64_t j = lo;
+    for (; j + U <= hi; j += U) {
+      for (int u = 0; u < U; ++u) {
+        vfloat8 v;
+        std::memcpy(&v, h_in + static_cast<int64_t>(indices[j + u]) * 8, sizeof(v));
+        acc[u] += values[j + u] * v;
+      }
+    }
+    for (; j < hi; ++j) {
+      vfloat8 v;
+      std::memcpy(&v, h_in + static_cast<int64_t>(indices[j]) * 8, sizeof(v));
+      acc[0] += values[j] * v;
+    }
+    vfloat8 y = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    y += l.bias ? l.bias[r] : 0.f;
+    if (l.relu) y = (y < 0.f) ? vfloat8{} : y;
+    std::memcpy(h_out + r * 8, &y, sizeof(y));
+  }
+}
+
 template <int NV>
 inline void tile_layer(const LayerView& l, const float* h_in, float* h_out, int64_t r0,
                        int64_t r1) {
@@ -330,6 +365,11 @@ inline void tile_layer(const LayerView& l, const float* h_in, float* h_out, int6
 
 inline void tile_layer(int nv, const LayerView& l, const float* h_in, float* h_out, int64_t r0,
                        int64_t r1) {
+  if (nv == 0) {  // the 8-row tile
+    if (l.index_type == IndexType::kU16) tile_rows8<uint16_t>(l, h_in, h_out, r0, r1);
+    else tile_rows8<int32_t>(l, h_in, h_out, r0, r1);
+    return;
+  }
   switch (nv) {
     case 1: tile_layer<1>(l, h_in, h_out, r0, r1); break;
     case 2: tile_layer<2>(l, h_in, h_out, r0, r1); break;
@@ -556,8 +596,9 @@ void SparseMLPEngine::Impl::gather_block(const float* x, int bs, float* y, float
 void SparseMLPEngine::Impl::run_tile(const float* x, int64_t nb, float* y, float* buf,
                                      bool team) const {
   const size_t n = layers.size();
-  const int64_t w = (nb + kLanes - 1) / kLanes * kLanes;
-  const int nv = static_cast<int>(w / kLanes);
+  const bool narrow = kLanes > 8 && nb <= 8;
+  const int64_t w = narrow ? 8 : (nb + kLanes - 1) / kLanes * kLanes;
+  const int nv = narrow ? 0 : static_cast<int>(w / kLanes);
   // Region strides use the tile's own width w, so narrow tiles are dense too.
   auto region = [&](size_t i) { return buf + in_off[i] / kTileWidth * w; };
   int64_t lo, hi;
