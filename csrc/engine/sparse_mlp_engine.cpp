@@ -6,11 +6,14 @@
 //   batch rows run through the whole network one after another; each nonzero is a scalar load of
 //   x[col] (scalar loads beat AVX gathers on the AMD cores this was tuned on) feeding one of
 //   eight independent accumulator chains. The block's activations (a few KiB) stay in L1.
+//   At batch 1, a layer whose input is mostly one value (0 after a ReLU, or a constant
+//   background such as standardised MNIST's) runs instead through a CSC copy of the layer,
+//   touching only the columns whose input differs (scatter_layer).
 // * tiled (larger batches): the batch is cut into tiles of up to kTileVecs SIMD vectors; a tile
 //   of x is transposed once to (n_in, w), and then every layer reads a (n_in, w) and writes a
 //   (n_out, w) tile, so each nonzero is one vector multiply-add per vector of the tile and the
 //   activations of all layers stay in L2 for the whole network. Only the last layer's tile is
-//   transposed back into y.
+//   transposed back into y. Tiles of up to 8 rows use 8-lane vectors (their tile stays in L1).
 //
 // Threads: many tiles (or gather blocks) are shared out whole, each thread running the network
 // on its own tiles with its own scratch (no barriers). With fewer tiles than threads, the team

@@ -3,8 +3,10 @@
 // No Python and no torch here: the same engine serves the pybind11 module (lth_sparse._C,
 // bound in csrc/engine.cpp) and the Python-free runtime (csrc/runtime/, liblth_ticket).
 // Callers validate the CSR arrays before building an engine (CSRMatrix.validate in Python,
-// the runtime's loader in C); the engine checks only what it needs to stay memory-safe at
-// construction (chaining, counts) and nothing per call.
+// the runtime's loader in C); the engine checks what it needs to stay memory-safe once, at
+// construction (chaining, counts, indptr monotone, every column index in [0, n_in): O(nnz)),
+// and nothing per call. It also builds a transposed copy of every layer (the batch-1 path
+// that skips inputs equal to 0 or a background value reads it).
 #pragma once
 
 #include <cstdint>
@@ -34,7 +36,8 @@ enum class Memory : int { kBorrow = 0, kCopy = 1 };
 class SparseMLPEngine {
  public:
   // Throws std::invalid_argument with a message naming the layer when the layers do not
-  // chain (layer i's n_in != layer i-1's n_out), a count is negative, or indptr[n_out] != nnz.
+  // chain (layer i's n_in != layer i-1's n_out), a count is negative, indptr[n_out] != nnz,
+  // indptr decreases, or a column index lies outside [0, n_in).
   SparseMLPEngine(const std::vector<LayerView>& layers, Memory memory);
   ~SparseMLPEngine();
   SparseMLPEngine(const SparseMLPEngine&) = delete;
