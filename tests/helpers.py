@@ -1,17 +1,16 @@
-"""Shared test helpers: the one tolerance table, and random CSR matrices with awkward structure."""
+"""Shared test helpers: the tolerance table (the package's own), and random CSR matrices with
+awkward structure."""
 from __future__ import annotations
 
 import os
 
 import torch
 
-# Per-dtype tolerances (of the values/activations dtype); no magic atol inside a test.
-TOL = {
-    torch.float64: dict(rtol=1e-10, atol=1e-10),
-    torch.float32: dict(rtol=1e-4, atol=1e-4),
-    torch.float16: dict(rtol=2e-2, atol=2e-2),
-    torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
-}
+from lth_sparse.sparse.tolerances import PRECISION_NAMES, tolerance
+
+# The package's one tolerance table (lth_sparse.sparse.tolerances), as assert_close kwargs per
+# dtype; no magic atol inside a test.
+TOL = {dtype: tolerance(dtype).as_kwargs() for dtype in PRECISION_NAMES}
 
 
 def fresh_seed() -> int:
