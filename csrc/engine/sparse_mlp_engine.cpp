@@ -433,6 +433,10 @@ SparseMLPEngine::SparseMLPEngine(const std::vector<LayerView>& layers, Memory me
     : impl_(new Impl) {
   Impl& m = *impl_;
   if (const char* e = std::getenv("LTH_ENGINE_SCATTER_MAX_DENSITY")) m.scatter_max_density = std::atof(e);
+  // Borrowed values may change in place under the engine (an optimizer step, which fused
+  // optimizers do without bumping torch's version counters): the scatter path's transposed
+  // copy and row sums would go stale, so only owning engines take it.
+  if (memory == Memory::kBorrow) m.scatter_max_density = 0;
   if (layers.empty()) throw std::invalid_argument("SparseMLPEngine: the network needs at least one layer");
   const size_t n = layers.size();
   for (size_t i = 0; i < n; ++i) {
@@ -516,9 +520,9 @@ SparseMLPEngine::SparseMLPEngine(const std::vector<LayerView>& layers, Memory me
   m.t_rows.resize(n);
   m.t_values.resize(n);
   m.row_sums.resize(n);
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < n; ++i) m.max_in = std::max(m.max_in, m.layers[i].n_in);
+  for (size_t i = 0; i < n && memory == Memory::kCopy; ++i) {
     const LayerView& l = m.layers[i];
-    m.max_in = std::max(m.max_in, l.n_in);
     std::vector<int32_t>& tp = m.t_indptr[i];
     tp.assign(l.n_in + 1, 0);
     auto col = [&](int64_t j) -> int64_t {

@@ -5,8 +5,9 @@
 // Callers validate the CSR arrays before building an engine (CSRMatrix.validate in Python,
 // the runtime's loader in C); the engine checks what it needs to stay memory-safe once, at
 // construction (chaining, counts, indptr monotone, every column index in [0, n_in): O(nnz)),
-// and nothing per call. It also builds a transposed copy of every layer (the batch-1 path
-// that skips inputs equal to 0 or a background value reads it).
+// and nothing per call. An owning engine (kCopy) also builds a transposed copy of every layer
+// (the batch-1 path that skips inputs equal to 0 or a background value reads it); a borrowing
+// one does not take that path, so in-place changes of the borrowed values are always seen.
 #pragma once
 
 #include <cstdint>

@@ -418,3 +418,24 @@ def test_batch_one_skips_zero_and_background_inputs_exactly(kind):
         out = torch.full((1, eng.n_out), float("nan"))
         eng.forward_into(x, out, threads=1)
         torch.testing.assert_close(out, want, **F32, equal_nan=True, msg=lambda m: f"{name}: {m}")
+
+
+def test_sparse_mlp_inference_sees_fused_optimizer_steps():
+    """Fused Adam updates parameters in place without bumping their version counters, so the
+    cached engine must read the live values (it borrows them), as sparse training's
+    evaluations between steps rely on."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    _, model = _mlp(g)
+    x = torch.randn(1, 784, generator=g) * (torch.rand(1, 784, generator=g) < 0.2)
+    with torch.no_grad():
+        model(x)
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+    except (RuntimeError, TypeError):
+        pytest.skip("this torch has no fused CPU Adam")
+    model(torch.randn(8, 784, generator=g)).square().sum().backward()
+    opt.step()
+    ref_model = copy.deepcopy(model).set_backend("reference")
+    for batch_x in (x, torch.randn(5, 784, generator=g)):
+        with torch.no_grad():
+            torch.testing.assert_close(model(batch_x), ref_model(batch_x), **F32)

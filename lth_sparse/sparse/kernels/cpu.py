@@ -137,16 +137,16 @@ def prepare_chain(layers, dtype: torch.dtype):
     activations; None for float64 (which then runs layer by layer in fp64).
 
     The native whole-network engine (lth_sparse.sparse.engine.Engine: every layer in one C++
-    call) when the extension has it, else a _Chain (one spmm call per layer). The engine owns
-    copies of the arrays: later in-place changes are not seen (the caller rebuilds the chain
-    when values or bias change), and nothing done to the tensors afterwards can make it read
-    out of bounds.
+    call) when the extension has it, else a _Chain (one spmm call per layer). Like _Chain, the
+    engine borrows the tensors' memory where no conversion is needed, so in-place updates of
+    float32 values and bias are seen even when nothing bumps their version counters (fused
+    Adam does not): a copying engine went stale during sparse training's evaluations.
     """
     if dtype == torch.float64:
         return None
     from lth_sparse.sparse import engine  # lazy: engine imports the CSR container
     if engine.available()[0]:
-        return engine.Engine.from_chain(layers, copy=True)
+        return engine.Engine.from_chain(layers, copy=False)
     return _Chain(layers)
 
 
