@@ -3,8 +3,11 @@
 // No Python and no torch here: the same engine serves the pybind11 module (lth_sparse._C,
 // bound in csrc/engine.cpp) and the Python-free runtime (csrc/runtime/, liblth_ticket).
 // Callers validate the CSR arrays before building an engine (CSRMatrix.validate in Python,
-// the runtime's loader in C); the engine checks only what it needs to stay memory-safe at
-// construction (chaining, counts) and nothing per call.
+// the runtime's loader in C); the engine checks what it needs to stay memory-safe once, at
+// construction (chaining, counts, indptr monotone, every column index in [0, n_in): O(nnz)),
+// and nothing per call. An owning engine (kCopy) also builds a transposed copy of every layer
+// (the batch-1 path that skips inputs equal to 0 or a background value reads it); a borrowing
+// one does not take that path, so in-place changes of the borrowed values are always seen.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +37,8 @@ enum class Memory : int { kBorrow = 0, kCopy = 1 };
 class SparseMLPEngine {
  public:
   // Throws std::invalid_argument with a message naming the layer when the layers do not
-  // chain (layer i's n_in != layer i-1's n_out), a count is negative, or indptr[n_out] != nnz.
+  // chain (layer i's n_in != layer i-1's n_out), a count is negative, indptr[n_out] != nnz,
+  // indptr decreases, or a column index lies outside [0, n_in).
   SparseMLPEngine(const std::vector<LayerView>& layers, Memory memory);
   ~SparseMLPEngine();
   SparseMLPEngine(const SparseMLPEngine&) = delete;
@@ -54,6 +58,19 @@ class SparseMLPEngine {
 
   void set_threads(int threads);  // <= 0: the OpenMP default
   int threads() const;
+
+  // --- Extensions (tests, benchmarks, tuning); forward() is forward_path(..., kAuto).
+  // kGather: row-major activations, a scalar gather per nonzero (best for a few rows);
+  // kTiled: batch tiles transposed so each nonzero is a SIMD multiply-add over the tile.
+  // kAuto picks gather for batch <= gather_max_batch().
+  enum class Path : int { kAuto = 0, kGather = 1, kTiled = 2 };
+  void forward_path(const float* x, int64_t batch, float* y, int threads, Path path) const;
+  // Calls with fewer multiply-adds than this ((nnz + n_out) * batch) run on the calling thread
+  // (a fork/join costs microseconds); < 0 restores the default. 0 forces the team (tests).
+  void set_parallel_min_work(int64_t work);
+  int64_t parallel_min_work() const;
+  static int64_t gather_max_batch();
+  static int64_t tile_width();  // batch rows per tile of the tiled path
 
  private:
   struct Impl;

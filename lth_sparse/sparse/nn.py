@@ -34,6 +34,10 @@ __all__ = ["sparse_linear", "SparseLinear", "SparseMLP"]
 # The kernels' rule: fp64 stays fp64, everything else accumulates in fp32.
 _acc_dtype = reference.accumulation_dtype
 
+# Bumped whenever a SparseLinear's tensors may be swapped without a version change (.to(),
+# .half(), ... replace parameter .data): every cached SparseMLP inference plan is then stale.
+_conversions = [0]
+
 # ---------------------------------------------------------------------------- custom ops
 # Kernel ops: thin wrappers over lth_sparse.sparse.ops (which checks arguments and picks the backend at
 # run time). Their fake implementations only state output shape and dtype.
@@ -268,6 +272,10 @@ class SparseLinear(nn.Module):
             raise ValueError(f"SparseLinear input is on {x.device} but the layer is on "
                              f"{self.values.device}; move one with .to(device)")
 
+    def _apply(self, fn, *args, **kwargs):
+        _conversions[0] += 1  # conversions swap .data in place: cached plans cannot see it
+        return super()._apply(fn, *args, **kwargs)
+
     def records_graph(self, x: Tensor) -> bool:
         """Whether a forward on x must record an autograd graph."""
         return torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad or (
@@ -363,15 +371,24 @@ class SparseMLP(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(1)
-        layers = list(self.layers.values())
-        if (not torch.compiler.is_compiling() and len({l.backend for l in layers}) == 1
-                and not any(l.records_graph(x) for l in layers)):
-            layers[0].check_input(x)
-            return self._inference_plan(x, layers)(x)
+        if x.dim() != 2:
+            x = x.flatten(1)
+        # Direct dict reads: nn.Module.__getattr__ costs ~0.3 us each, and at batch 1 the
+        # whole native forward of a LeNet ticket takes about 10 us.
+        layers = list(self._modules["layers"]._modules.values())
+        if not torch.compiler.is_compiling() and not self._records_graph(x, layers):
+            plan = self._inference_plan(x, layers)
+            if plan is not None:
+                return plan(x)
         for layer in layers:
             x = layer(x)
         return x
+
+    @staticmethod
+    def _records_graph(x: Tensor, layers: list[SparseLinear]) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(l.records_graph(x) for l in layers)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -379,22 +396,54 @@ class SparseMLP(nn.Module):
         return state
 
     def _inference_plan(self, x: Tensor, layers: list[SparseLinear]):
-        """The whole network as one ops.prepare_chain, rebuilt only when a layer's tensors
-        or backend change: at small batches, per-layer call overhead is most of the time."""
-        # .to()/load_state_dict replace or bump the parameters; the pattern buffers move with
-        # them, so the parameters' storage and versions identify the plan's inputs.
-        key = [x.device, x.dtype]
+        """The whole network as one ops.prepare_chain (on the cpu backend: the native engine),
+        rebuilt when a layer's parameters are replaced, modified in place (their version
+        counter moves) or converted (.to(), .half(): SparseLinear._apply), or a backend
+        changes; None when the layers use different backends. At small batches per-layer
+        call overhead is most of the time, and this check runs per call: it reads version
+        counters through detached views (a Parameter's own attribute reads cost ~0.2 us each).
+        x is checked fully when the plan is (re)built, its width otherwise (the plan pins
+        x's dtype and device). Not seen: assigning a parameter's .data directly."""
+        c = self.__dict__.get("_plan")
+        if (c is not None and c.generation == _conversions[0] and x.dtype is c.dtype
+                and (x.is_cpu if c.cpu else x.device == c.device) and len(layers) == len(c.checks)):
+            for l, (layer, v, vd, v_version, b, bd, b_version, backend) in zip(layers, c.checks):
+                params = l._parameters
+                if (l is not layer or params["values"] is not v or vd._version != v_version
+                        or params.get("bias") is not b
+                        or (bd is not None and bd._version != b_version) or l.backend != backend):
+                    break
+            else:
+                if x.shape[1] != c.n_in:
+                    layers[0].check_input(x)  # raises, naming the expected width
+                return c.plan
+        layers[0].check_input(x)
+        if len({l.backend for l in layers}) != 1:
+            return None
+        chain = [ChainLayer(l.indptr, l.indices, l.values.detach(),
+                            None if l.bias is None else l.bias.detach(), l.relu,
+                            l.out_features, l.in_features)
+                 for l in layers]
+        plan = ops.prepare_chain(chain, x.device, x.dtype, layers[0].backend)
+        self.__dict__["_plan"] = _PlanCache(x, layers, plan)  # not in state_dict, not pickled
+        return plan
+
+
+class _PlanCache:
+    """A SparseMLP's prepared inference chain and what it was built from."""
+
+    __slots__ = ("plan", "dtype", "device", "cpu", "n_in", "generation", "checks")
+
+    def __init__(self, x: Tensor, layers: list[SparseLinear], plan):
+        self.plan = plan
+        self.dtype, self.device, self.cpu = x.dtype, x.device, x.is_cpu
+        self.n_in = layers[0].in_features
+        self.generation = _conversions[0]
+        checks = []
         for l in layers:
-            params = l._parameters  # direct: nn.Module.__getattr__ is slow on a hot path
-            key += [l.backend, params["values"].data_ptr(), params["values"]._version]
-            if params.get("bias") is not None:
-                key += [params["bias"].data_ptr(), params["bias"]._version]
-        cached = self.__dict__.get("_plan")
-        if cached is None or cached[0] != key:
-            chain = [ChainLayer(l.indptr, l.indices, l.values.detach(),
-                                None if l.bias is None else l.bias.detach(), l.relu,
-                                l.out_features, l.in_features)
-                     for l in layers]
-            cached = (key, ops.prepare_chain(chain, x.device, x.dtype, layers[0].backend))
-            self.__dict__["_plan"] = cached  # not a module attribute: no state_dict, no .to()
-        return cached[1]
+            v, b = l._parameters["values"], l._parameters.get("bias")
+            # detached views share the parameters' version counters
+            vd, bd = v.detach(), (None if b is None else b.detach())
+            checks.append((l, v, vd, vd._version, b, bd, None if bd is None else bd._version,
+                           l.backend))
+        self.checks = tuple(checks)

@@ -133,9 +133,21 @@ def sddmm(dy, x, indptr, indices, out):
 
 
 def prepare_chain(layers, dtype: torch.dtype):
-    """The backend protocol's chain hook (see kernels/base.py): a _Chain for float32/16/bf16
-    activations, None for float64 (the chain computes in float32)."""
-    return None if dtype == torch.float64 else _Chain(layers)
+    """The backend protocol's chain hook (see kernels/base.py), for float32/16/bf16
+    activations; None for float64 (which then runs layer by layer in fp64).
+
+    The native whole-network engine (lth_sparse.sparse.engine.Engine: every layer in one C++
+    call) when the extension has it, else a _Chain (one spmm call per layer). Like _Chain, the
+    engine borrows the tensors' memory where no conversion is needed, so in-place updates of
+    float32 values and bias are seen even when nothing bumps their version counters (fused
+    Adam does not): a copying engine went stale during sparse training's evaluations.
+    """
+    if dtype == torch.float64:
+        return None
+    from lth_sparse.sparse import engine  # lazy: engine imports the CSR container
+    if engine.available()[0]:
+        return engine.Engine.from_chain(layers, copy=False)
+    return _Chain(layers)
 
 
 class _Chain:
