@@ -104,13 +104,22 @@ lth_status lth_ticket_open(const char* path, lth_ticket** out, lth_error** err) 
       views.push_back(v);
     }
     try {
-      // The handle keeps the converted arrays alive and unchanged: borrow, do not copy.
-      t->engine.reset(new SparseMLPEngine(views, Memory::kBorrow));
+      // A copying engine: it may keep extra layouts of a layer (the transposed copy its batch-1
+      // path uses to skip zero or background inputs), which a borrowing engine cannot, since
+      // borrowed arrays may change under it. The loader's arrays are then released.
+      t->engine.reset(new SparseMLPEngine(views, Memory::kCopy));
     } catch (const std::invalid_argument& e) {
       // The loader checked everything the engine checks; reaching here is a bug.
       return set_error(err, LTH_ERR_INTERNAL,
                        std::string("lth_ticket_open: the engine refused a validated ticket: ") +
                            e.what());
+    }
+    for (lth_ticket_rt::LoadedLayer& l : t->loaded.layers) {
+      std::vector<int32_t>().swap(l.indptr);
+      std::vector<uint16_t>().swap(l.indices_u16);
+      std::vector<int32_t>().swap(l.indices_i32);
+      std::vector<float>().swap(l.values);
+      std::vector<float>().swap(l.bias);
     }
     *out = t.release();
     return ok(err);
