@@ -481,8 +481,8 @@ def _ops_build(backend: str, index_dtype=torch.int32):
         n = p.out_features
         ops.spmm(x, indptr, indices, values, n, bias=b, backend=backend)  # checks the pattern once
         # timed like SparseLinear calls it: the pattern was validated once, not on every call
-        return lambda: ops.spmm(x, indptr, indices, values, n, bias=b, backend=backend,
-                                trusted=True)
+        return lambda: ops.spmm_unchecked(x, indptr, indices, values, n, bias=b,
+                                          backend=backend)
     return build
 
 
