@@ -28,9 +28,9 @@ reads it when present). train-ticket retrains the early-stop mask from the froze
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ class SupermaskConfig(ExperimentConfig):
     SECTIONS = (*ExperimentConfig.SECTIONS, "supermask")
     KIND = "supermask"
 
-    def validate(self) -> "SupermaskConfig":
+    def validate(self) -> SupermaskConfig:
         super().validate()
         if self.prune != PruneConfig():
             raise ConfigError("[prune] options do not apply to a supermask run (it does not "
