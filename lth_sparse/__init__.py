@@ -26,6 +26,8 @@ _LAZY = {
     "MLP": "lth_sparse.lottery.models",
     "ExperimentConfig": "lth_sparse.lottery.config",
     "find_ticket": "lth_sparse.lottery.rounds",
+    "find_supermask": "lth_sparse.lottery.supermask",
+    "SupermaskConfig": "lth_sparse.lottery.supermask",
     "export_run": "lth_sparse.bridge.export",
     "train_ticket": "lth_sparse.bridge.retrain",
     "load_dataset": "lth_sparse.lottery.data",

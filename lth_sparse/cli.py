@@ -1,4 +1,4 @@
-"""`lth-sparse` command line: find-ticket, show, export, train-ticket, bench, demo, info.
+"""`lth-sparse` command line: find-ticket, find-supermask, show, export, train-ticket, bench, demo, info.
 
 Every experiment option comes from the config dataclasses (lth_sparse.lottery.config): defaults, then a
 --config file (JSON or TOML), then flags. Errors a user can cause print one line and exit 2.
@@ -19,15 +19,21 @@ EXIT_USER_ERROR = 2
 
 # -------------------------------------------------------------------------- config options
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (--iterations, --rate, ...), grouped by section."""
-    parser.add_argument("--config", help="JSON or TOML file with sections [data], [model], "
-                                          "[prune], [train], [lottery]; flags override it")
-    defaults = ExperimentConfig()
-    for section in ExperimentConfig.SECTIONS:
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls=ExperimentConfig,
+                         hidden: frozenset[str] = frozenset()) -> None:
+    """One flag per config field (--iterations, --rate, ...), grouped by section; `hidden`
+    sections or "section.field" names get no flag."""
+    shown_sections = [s for s in config_cls.SECTIONS if s not in hidden]
+    parser.add_argument("--config", help="JSON or TOML file with sections "
+                                          f"{', '.join(f'[{s}]' for s in shown_sections)}; "
+                                          "flags override it")
+    defaults = config_cls()
+    for section in shown_sections:
         group = parser.add_argument_group(section)
         obj = getattr(defaults, section)
         for f in fields(obj):
+            if f"{section}.{f.name}" in hidden:
+                continue
             default = getattr(obj, f.name)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg:{section}.{f.name}",
@@ -35,9 +41,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                help=f"{f.metadata['help']} (default: {shown})")
 
 
-def experiment_config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+def experiment_config_from_args(args: argparse.Namespace,
+                                config_cls=ExperimentConfig) -> ExperimentConfig:
     """Defaults < --config file < flags; validated."""
-    cfg = ExperimentConfig.from_dict(load_config_file(args.config)) if args.config else ExperimentConfig()
+    cfg = config_cls.from_dict(load_config_file(args.config)) if args.config else config_cls()
     for key, value in vars(args).items():
         if key.startswith("cfg:"):
             section, name = key[4:].split(".")
@@ -63,6 +70,17 @@ def cmd_find_ticket(args) -> int:
     return 0
 
 
+def cmd_find_supermask(args) -> int:
+    from lth_sparse.lottery.report import round_table
+    from lth_sparse.lottery.supermask import SupermaskConfig, find_supermask
+
+    cfg = experiment_config_from_args(args, SupermaskConfig)
+    run = find_supermask(cfg, args.runs_dir)
+    print(f"\nrun {run.run_id} at {run.path}\n")
+    print(round_table(run.all_metrics()))
+    return 0
+
+
 def cmd_show(args) -> int:
     from lth_sparse.lottery.report import (
         plot_runs,
@@ -78,9 +96,10 @@ def cmd_show(args) -> int:
     runs = [open_run(r, args.runs_dir) for r in args.runs]
     for run in runs:
         cfg = run.read_config()
-        print(f"run {run.run_id} ({run.path}): {cfg.prune.method} pruning, "
-              f"{cfg.train.iterations} iterations/round, rewind to iteration "
-              f"{cfg.lottery.rewind_iteration}, seed {cfg.train.seed}")
+        about = cfg.describe() if hasattr(cfg, "describe") else (
+            f"{cfg.prune.method} pruning, {cfg.train.iterations} iterations/round, rewind to "
+            f"iteration {cfg.lottery.rewind_iteration}, seed {cfg.train.seed}")
+        print(f"run {run.run_id} ({run.path}): {about}")
         print(round_table(run.all_metrics()))
         print()
     if len(runs) > 1:
@@ -135,6 +154,8 @@ def cmd_info(args) -> int:
 # -------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from lth_sparse.lottery.supermask import SupermaskConfig
+
     parser = argparse.ArgumentParser(prog="lth-sparse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -144,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     _add_runs_dir(p)
     p.set_defaults(func=cmd_find_ticket)
+
+    p = sub.add_parser("find-supermask", help="edge-popup: learn a top-k mask over frozen "
+                                              "random weights (resumable)",
+                       description="Supermasks (Ramanujan et al. 2020): score every frozen random "
+                                   "weight, keep the top-k |score| per layer, train the scores "
+                                   "straight through the mask. Stored as a one-round run that "
+                                   "show, export and train-ticket read like a ticket.")
+    # prune/lottery do not apply; train.lr is the weight rate train-ticket uses, not the scores'
+    add_config_arguments(p, SupermaskConfig, hidden=frozenset({"prune", "lottery", "train.lr"}))
+    _add_runs_dir(p)
+    p.set_defaults(func=cmd_find_supermask)
 
     p = sub.add_parser("show", help="per-round table of one or more runs (no run: list runs)")
     p.add_argument("runs", nargs="*", help="run directories or run ids (prefixes work)")

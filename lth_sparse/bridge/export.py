@@ -46,6 +46,9 @@ def ticket_layers(run: Run, r: int, weights: str = "early-stop"
     cfg = run.read_config()
     state = run.read_round_state(r)
     params, masks = state[WEIGHTS[weights]], state["masks"]
+    if weights == "final" and "final_masks" in state:
+        # a supermask's mask moves while its weights stay: the final mask goes with "final"
+        masks = state["final_masks"]
     layers = []
     for name in layer_names(len(cfg.model.hidden) + 1):
         weight = params[f"{name}.weight"]

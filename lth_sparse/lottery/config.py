@@ -41,7 +41,8 @@ class ModelConfig:
     hidden: tuple[int, ...] = _help("hidden layer sizes, e.g. 300,100 (LeNet-300-100)",
                                     default=(300, 100))
     init: str = _help("init scheme: glorot_normal (paper), glorot_uniform, kaiming_normal, "
-                      "kaiming_uniform, orthogonal, pytorch_default", default="glorot_normal")
+                      "kaiming_uniform, orthogonal, pytorch_default, signed_constant "
+                      "(+-sqrt(2/fan_in), random signs)", default="glorot_normal")
 
 
 @dataclass
@@ -104,7 +105,8 @@ class ExperimentConfig:
         _choice("data.dataset", d.dataset, DATASETS)
         _int_range("data.val_size", d.val_size, 1, 59_999)
         _choice("model.init", m.init, ("glorot_normal", "glorot_uniform", "kaiming_normal",
-                                       "kaiming_uniform", "orthogonal", "pytorch_default"))
+                                       "kaiming_uniform", "orthogonal", "pytorch_default",
+                                       "signed_constant"))
         if not m.hidden or any(not isinstance(h, int) or h <= 0 for h in m.hidden):
             raise ConfigError(f"model.hidden must be positive integers like 300,100, got {m.hidden!r}")
         _choice("prune.method", p.method, PRUNE_METHODS)

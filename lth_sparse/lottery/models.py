@@ -34,6 +34,14 @@ def _kaiming_uniform(w, g):
     w.uniform_(-a, a, generator=g)
 
 
+def _signed_constant(w, g):
+    # Ramanujan et al. 2020's "signed Kaiming constant": every weight is +-gain/sqrt(fan_in) with
+    # gain sqrt(2) (ReLU), the sign drawn uniformly at random. Supermasks on such weights match
+    # Kaiming normal ones with one number per layer to store.
+    signs = torch.randint(0, 2, w.shape, generator=g, dtype=w.dtype).mul_(2).sub_(1)
+    w.copy_(signs * math.sqrt(2.0 / w.shape[1]))
+
+
 def _orthogonal(w, g):
     # QR of a Gaussian matrix with the sign fix, as torch.nn.init.orthogonal_ does, but seeded.
     rows, cols = w.shape
@@ -55,6 +63,7 @@ INIT_SCHEMES = {
     "kaiming_normal": _kaiming_normal,
     "kaiming_uniform": _kaiming_uniform,
     "orthogonal": _orthogonal,
+    "signed_constant": _signed_constant,
     "pytorch_default": _pytorch_default,
 }
 

@@ -1,6 +1,7 @@
 """The run store: the one module that knows file names.
 
-    <runs>/<run_id>/config.json           the experiment config + store format version
+    <runs>/<run_id>/config.json           the experiment config + store format version + kind
+                                          (ticket: find-ticket; supermask: find-supermask)
     <runs>/<run_id>/rewind.pt             raw parameters at the rewind iteration (round 0)
     <runs>/<run_id>/round_NNN/state.pt    masks, trained (final) and early-stop parameters
     <runs>/<run_id>/round_NNN/metrics.json  written last: its presence marks the round complete
@@ -76,12 +77,13 @@ class Run:
                 f"{STORE_FORMAT}. Re-run find-ticket with this version, or use the version that "
                 "wrote it.")
         try:
-            return ExperimentConfig.from_dict(raw["config"]).validate()
+            return config_class(raw.get("kind", "ticket")).from_dict(raw["config"]).validate()
         except (KeyError, ConfigError) as exc:
             raise RunStoreError(f"{self.config_path} holds an invalid config ({exc})") from None
 
     def write_config(self, cfg: ExperimentConfig) -> None:
         atomic_write_json(self.config_path, {"store_format": STORE_FORMAT,
+                                             "kind": getattr(cfg, "KIND", "ticket"),
                                              "package_version": __version__,
                                              "run_id": self.run_id,
                                              "config": cfg.to_dict()})
@@ -126,6 +128,17 @@ class Run:
         if not self.rewind_path.is_file():
             raise RunStoreError(f"{self.rewind_path} is missing; the run's round 0 is incomplete")
         return _load(self.rewind_path, f"delete {self.path} and run find-ticket again")
+
+
+def config_class(kind: str) -> type[ExperimentConfig]:
+    """The config class of a run's "kind" (runs written before kinds existed are tickets)."""
+    if kind == "ticket":
+        return ExperimentConfig
+    if kind == "supermask":
+        from lth_sparse.lottery.supermask import SupermaskConfig  # imports this module
+        return SupermaskConfig
+    raise ConfigError(f"unknown run kind {kind!r} (ticket or supermask); this run was written "
+                      "by another lth_sparse version")
 
 
 def _load(path: Path, fix: str) -> dict:

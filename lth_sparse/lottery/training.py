@@ -22,6 +22,7 @@ from lth_sparse.lottery.data import BatchSampler, Dataset, Split
 Params = dict[str, torch.Tensor]
 
 EVAL_CHUNK = 10_000
+OptimizerFactory = Callable[[list], "tuple[torch.optim.Optimizer, object | None]"]
 
 
 @dataclass
@@ -82,19 +83,24 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
 
 def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at: int | None = None,
           desc: str = "train", progress: bool | None = None,
-          snapshot: Callable[[torch.nn.Module], Params]) -> TrainResult:
+          snapshot: Callable[[torch.nn.Module], Params],
+          optimizer_factory: OptimizerFactory | None = None) -> TrainResult:
     """Train `model` in place for cfg.iterations minibatches with a fresh Adam optimizer.
 
     data_seed fixes the minibatch order. capture_at: also return the raw parameters at that
     iteration (0 = before the first step), for late rewinding. Evaluates at iteration 0, every
     cfg.eval_every iterations and at the end. `snapshot(model)` copies the parameters kept for
     early stopping and rewinding (for a pruned MLP: lth_sparse.lottery.pruning.get_params).
+    optimizer_factory(trainable parameters) -> (optimizer, per-iteration LR scheduler or None)
+    replaces the default Adam(cfg.lr) (supermask scores train with their own optimizer).
     """
     if progress is None:
         progress = os.environ.get("TQDM_DISABLE", "0") in ("", "0")
     device = data.train.images.device
     sampler = BatchSampler(len(data.train), cfg.batch_size, data_seed, device=device)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = (optimizer_factory(trainable) if optimizer_factory is not None
+                            else (make_optimizer(trainable, cfg.lr), None))
     model.train()
 
     evals: list[EvalPoint] = []
@@ -125,6 +131,8 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if capture_at == it:
             captured = snapshot(model)
         if it % cfg.eval_every == 0 or it == cfg.iterations:
