@@ -52,4 +52,5 @@ PYBIND11_MODULE(_C, m) {
         "Set the OpenMP thread count used by the kernels (n <= 0 leaves it unchanged).");
   lth_sparse::register_spmm(m);
   lth_sparse::register_sddmm(m);
+  lth_sparse::register_trainer(m);
 }
