@@ -9,9 +9,8 @@ import os
 from functools import lru_cache
 
 import pytest
-import torch
-
 from conftest import DEVICE, synced
+
 from lth_sparse import bench
 
 SHAPE = bench.parse_shape(os.environ.get("LTH_BENCH_SHAPE", "4096x4096"))

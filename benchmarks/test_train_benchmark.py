@@ -5,8 +5,8 @@ Correctness first: the sparse model's logits must match the dense masked model's
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import synced
+
 from lth_sparse import bench
 
 MODELS = ["784-300-100-10", "784-4096-4096-10"]

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lth_sparse.config import TrainConfig
 from lth_sparse.fileio import atomic_write_bytes, atomic_write_json
-from lth_sparse.data import STATS, load_mnist, resolve_data_dir
-from lth_sparse.models import MLP
-from lth_sparse.pruning import prune_round
-from lth_sparse.training import train
+from lth_sparse.lottery.config import TrainConfig
+from lth_sparse.lottery.data import STATS, load_mnist, resolve_data_dir
+from lth_sparse.lottery.models import MLP
+from lth_sparse.lottery.pruning import get_params, prune_round
+from lth_sparse.lottery.training import train
 
 RATES = {"fc1": 0.2, "fc2": 0.2, "fc3": 0.1}
 
@@ -81,11 +81,11 @@ def dataloader_loop(data_dir: Path, iterations: int, eval_every: int) -> float:
 
 
 def in_memory_loop(data, iterations: int, eval_every: int) -> float:
-    """Seconds of lth_sparse.training.train's loop (steps + evaluations at 0 and every N; its
+    """Seconds of lth_sparse.lottery.training.train's loop (steps + evaluations at 0 and every N; its
     closing train-set accuracy pass is outside the loop and not counted, as in the other loop)."""
     model = pruned_lenet()
     cfg = TrainConfig(iterations=iterations, eval_every=eval_every)
-    return train(model, data, cfg, data_seed=0, progress=False).wall_time_s
+    return train(model, data, cfg, data_seed=0, progress=False, snapshot=get_params).wall_time_s
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ a claim is a ratio measured in one process, never an absolute time):
 - ``spmm``: Y = X W^T + b for a CSR weight W (out x in) at a grid of shapes x sparsities x batches,
   one row per provider (dense masked F.linear, torch.sparse CSR, scipy.sparse, our C++ kernels with
   int32 and uint16 indices, Triton on CUDA). Every provider is first checked against the reference
-  kernel (`lth_sparse.kernels.reference`); a provider that disagrees is reported FAILED and is
+  kernel (`lth_sparse.sparse.kernels.reference`); a provider that disagrees is reported FAILED and is
   not timed.
 - ``train``: one optimizer step (forward + backward + Adam) of an MLP at a given sparsity: dense
   masked (torch.nn.utils.prune masks, i.e. weight * mask every step) vs `SparseMLP`.
@@ -360,8 +360,8 @@ class Problem:
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """fp64 Y = X W^T + b from x's and W's rounded values: the reference kernel's formula,
-        with its dense W (lth_sparse.kernels.reference.to_dense) built once per dtype."""
-        from lth_sparse.kernels import reference
+        with its dense W (lth_sparse.sparse.kernels.reference.to_dense) built once per dtype."""
+        from lth_sparse.sparse.kernels import reference
 
         def make():
             indptr, indices, values = self.csr(x.dtype)
@@ -475,7 +475,7 @@ def _scipy_build(p: Problem, x: torch.Tensor):
 
 def _ops_build(backend: str, index_dtype=torch.int32):
     def build(p: Problem, x: torch.Tensor):
-        from lth_sparse import ops
+        from lth_sparse.sparse import ops
         indptr, indices, values = p.csr(x.dtype, index_dtype)
         b = p.bias(x.dtype)
         n = p.out_features
@@ -488,7 +488,7 @@ def _ops_build(backend: str, index_dtype=torch.int32):
 
 def _backend_available(name: str):
     def available():
-        from lth_sparse import ops
+        from lth_sparse.sparse import ops
         return ops.backend_status(name)
     return available
 
@@ -767,14 +767,6 @@ def add_speedups(rows: list[dict]) -> None:
 
 # ---------------------------------------------------------------------------- training step
 
-def _sparse_mlp_cls():
-    from lth_sparse import sparse_nn
-    cls = getattr(sparse_nn, "SparseMLP", None)
-    if cls is None or not hasattr(cls, "from_mlp"):
-        raise ImportError("lth_sparse.sparse_nn.SparseMLP.from_mlp is not available yet")
-    return cls
-
-
 def make_masked_mlp(sizes: Sequence[int], sparsity: float, seed: int = 0):
     """LeNet-style MLP with random torch.nn.utils.prune masks at `sparsity` on every layer.
 
@@ -783,7 +775,7 @@ def make_masked_mlp(sizes: Sequence[int], sparsity: float, seed: int = 0):
     """
     from torch.nn.utils import prune
 
-    from lth_sparse.models import MLP
+    from lth_sparse.lottery.models import MLP
     mlp = MLP(sizes[0], tuple(sizes[1:-1]), sizes[-1], seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     for layer in mlp.layers:
@@ -794,7 +786,8 @@ def make_masked_mlp(sizes: Sequence[int], sparsity: float, seed: int = 0):
 
 def _sparse_from_masked(mlp, backend: str):
     """SparseMLP of a pruned MLP (its weight_mask buffers define the patterns)."""
-    return _sparse_mlp_cls().from_mlp(mlp, backend=backend)
+    from lth_sparse.bridge.convert import sparse_mlp_from_mlp
+    return sparse_mlp_from_mlp(mlp, backend=backend)
 
 
 def _train_step(model, opt, x, y, autocast_dtype, device):
@@ -904,7 +897,7 @@ def check_sparse_mlp(sparse, ref_model, x: torch.Tensor, dtype: torch.dtype) -> 
     any two correct implementations and move a whole row of the gradients; the linear chain
     checks spmm, spmm_t and sddmm through autograd exactly. Leaves no gradients behind.
     """
-    from lth_sparse.kernels.reference import row_ids
+    from lth_sparse.sparse.kernels.reference import row_ids
     x = x.detach()
     with torch.no_grad():
         err = rel_error(sparse(x.to(dtype)), ref_model(x.double()))
@@ -943,8 +936,8 @@ def dtype_name_of(dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------------------- ticket end to end
 
 def _default_evaluate(data_dir):
-    """accuracy(model, device) on the MNIST test set via lth_sparse.data.load_mnist."""
-    from lth_sparse.data import load_mnist
+    """accuracy(model, device) on the MNIST test set via lth_sparse.lottery.data.load_mnist."""
+    from lth_sparse.lottery.data import load_mnist
     ds = load_mnist(data_dir)
 
     def evaluate(model, device, dtype=torch.float32):
@@ -963,10 +956,11 @@ def run_ticket(cfg: BenchConfig, evaluate=None, progress=None) -> list[dict]:
 
     evaluate(model, device, dtype) -> accuracy in [0, 1]; default: MNIST test set.
     """
-    from lth_sparse.ticket import load_ticket
+    from lth_sparse.sparse.ticket_file import load_ticket
     dev = cfg.device
     sparse = load_ticket(cfg.ticket, backend="auto", device=dev)
-    dense = sparse.to_dense_mlp()
+    from lth_sparse.bridge.convert import dense_mlp_from_sparse
+    dense = dense_mlp_from_sparse(sparse)
     sparse, dense = sparse.to(dev).eval(), dense.to(dev).eval()
     sizes = [dense.layers[0].in_features] + [l.out_features for l in dense.layers]
     nnz = int(sum(layer.nnz for layer in sparse.layers.values()))  # kept zeros count too

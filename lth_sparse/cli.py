@@ -1,6 +1,6 @@
 """`lth-sparse` command line: find-ticket, show, export, train-ticket, bench, demo, info.
 
-Every experiment option comes from the config dataclasses (lth_sparse.config): defaults, then a
+Every experiment option comes from the config dataclasses (lth_sparse.lottery.config): defaults, then a
 --config file (JSON or TOML), then flags. Errors a user can cause print one line and exit 2.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from lth_sparse.config import ExperimentConfig, load_config_file, set_field
 from lth_sparse.errors import LthSparseError
+from lth_sparse.lottery.config import ExperimentConfig, load_config_file, set_field
 
 EXIT_USER_ERROR = 2
 
@@ -53,8 +53,8 @@ def _add_runs_dir(p: argparse.ArgumentParser) -> None:
 # -------------------------------------------------------------------------- commands
 
 def cmd_find_ticket(args) -> int:
-    from lth_sparse.lottery import find_ticket
-    from lth_sparse.report import round_table
+    from lth_sparse.lottery.report import round_table
+    from lth_sparse.lottery.rounds import find_ticket
 
     cfg = config_from_args(args)
     run = find_ticket(cfg, args.runs_dir)
@@ -64,11 +64,16 @@ def cmd_find_ticket(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from lth_sparse.report import plot_runs, round_table, runs_listing, seeds_table
-    from lth_sparse.store import Index, default_runs_dir, open_run
+    from lth_sparse.lottery.report import (
+        plot_runs,
+        round_table,
+        runs_listing,
+        seeds_table,
+    )
+    from lth_sparse.lottery.store import list_runs, open_run
 
     if not args.runs:
-        print(runs_listing(Index(args.runs_dir or default_runs_dir()).runs()))
+        print(runs_listing(list_runs(args.runs_dir)))
         return 0
     runs = [open_run(r, args.runs_dir) for r in args.runs]
     for run in runs:
@@ -88,7 +93,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from lth_sparse.export import export_run
+    from lth_sparse.bridge.export import export_run
 
     paths = export_run(args.run, args.output, round_=args.round, sparsity=args.sparsity,
                        weights=args.weights, fmt=args.format, runs_dir=args.runs_dir)
@@ -98,7 +103,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_train_ticket(args) -> int:
-    from lth_sparse.sparse_training import train_ticket
+    from lth_sparse.bridge.retrain import train_ticket
 
     train_ticket(args.run, round_=args.round, backend=args.backend, iterations=args.iterations,
                  compare_dense=not args.no_dense, runs_dir=args.runs_dir)
@@ -119,7 +124,7 @@ def cmd_info(args) -> int:
     import torch
 
     from lth_sparse import __version__, build_info
-    from lth_sparse.ops import available_backends
+    from lth_sparse.sparse.ops import available_backends
 
     print(json.dumps({"lth_sparse": __version__, "torch": torch.__version__,
                       "extension": build_info(), "backends": available_backends(),

@@ -6,13 +6,14 @@ it computes what the dense masked model computes, and compare speed and accuracy
 """
 from __future__ import annotations
 
-
 import torch
 
-from lth_sparse.config import ExperimentConfig
-from lth_sparse.lottery import build_model, find_ticket, load_data_for
-from lth_sparse.pruning import load_params, set_masks
-from lth_sparse.report import markdown_table, round_table
+from lth_sparse.lottery.config import ExperimentConfig
+from lth_sparse.lottery.data import load_data_for
+from lth_sparse.lottery.models import build_model
+from lth_sparse.lottery.pruning import load_params, set_masks
+from lth_sparse.lottery.report import markdown_table, round_table
+from lth_sparse.lottery.rounds import find_ticket
 
 
 def demo_config(data_dir: str | None, iterations: int) -> ExperimentConfig:
@@ -28,8 +29,8 @@ def demo_config(data_dir: str | None, iterations: int) -> ExperimentConfig:
 
 def run_demo(runs_dir=None, data_dir=None, iterations: int = 1500) -> int:
     from lth_sparse.bench import time_cpu
-    from lth_sparse.export import export_run
-    from lth_sparse.ticket import load_ticket
+    from lth_sparse.bridge.export import export_run
+    from lth_sparse.sparse.ticket_file import load_ticket
 
     cfg = demo_config(data_dir, iterations)
     print(f"[1/3] finding a ticket: LeNet-300-100, {cfg.lottery.rounds} rounds to "

@@ -29,7 +29,7 @@ def _mnist_root() -> Path:
 def pytest_sessionstart(session):
     if os.environ.get("LTH_SPARSE_REQUIRE_BACKENDS") != "1":
         return
-    from lth_sparse.ops import backend_status
+    from lth_sparse.sparse.ops import backend_status
 
     for name in ("cpu", "triton"):
         ok, reason = backend_status(name)

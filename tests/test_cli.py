@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from lth_sparse.cli import main
-from lth_sparse.lottery import build_model, load_data_for
-from lth_sparse.pruning import load_params, set_masks
-from lth_sparse.store import open_run
-from lth_sparse.ticket import load_ticket, read_ticket
+from lth_sparse.lottery.data import load_data_for
+from lth_sparse.lottery.models import build_model
+from lth_sparse.lottery.pruning import load_params, set_masks
+from lth_sparse.lottery.store import open_run
+from lth_sparse.sparse.ticket_file import load_ticket, read_ticket
 
 
 def _files(path):
@@ -51,11 +52,9 @@ def test_bad_config_file_exit_2(tmp_path, capsys):
 
 def test_missing_data_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch):
     # no network use: an empty dir + download attempt would hang offline, so forbid downloads
-    import lth_sparse.data as data_mod
+    import lth_sparse.lottery.data as data_mod
     real = data_mod.load_dataset
     monkeypatch.setattr(data_mod, "load_dataset", lambda *a, **k: real(*a, **{**k, "download": False}))
-    import lth_sparse.lottery as lottery_mod
-    monkeypatch.setattr(lottery_mod, "load_dataset", data_mod.load_dataset)
     runs = tmp_path / "runs"
     code = main(["find-ticket", "--runs-dir", str(runs), "--data-dir", str(tmp_path / "nodata"),
                  "--iterations", "10"])
@@ -132,8 +131,8 @@ def test_export_round_trip_matches_dense_masked_on_mnist(mnist_run, tmp_path):
 
 @pytest.mark.mnist
 def test_train_ticket_sparse_matches_dense_masked(mnist_run):
-    from lth_sparse.sparse_training import train_ticket
-    from lth_sparse.ops import backend_status
+    from lth_sparse.bridge.retrain import train_ticket
+    from lth_sparse.sparse.ops import backend_status
 
     backend = "cpu" if backend_status("cpu")[0] else "reference"
     results = train_ticket(mnist_run.path, backend=backend, iterations=300, progress=False,

@@ -1,0 +1,150 @@
+"""Iteration-based training with periodic evaluation and the paper's metrics.
+
+The loop indexes in-memory tensors (lth_sparse.lottery.data) and evaluates validation and test every
+`eval_every` iterations. Early stopping follows the LTH paper: the early-stop iteration is the
+evaluation with minimum validation loss, and the reported test accuracy is the one at it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lth_sparse.lottery.config import TrainConfig
+from lth_sparse.lottery.data import BatchSampler, Dataset, Split
+
+# {"fc1.weight": tensor, "fc1.bias": tensor, ...}: what early stopping and rewinding keep.
+Params = dict[str, torch.Tensor]
+
+EVAL_CHUNK = 10_000
+
+
+@dataclass
+class EvalPoint:
+    iteration: int
+    val_loss: float
+    val_acc: float
+    test_loss: float
+    test_acc: float
+
+
+@dataclass
+class TrainResult:
+    evals: list[EvalPoint]
+    early_stop_iteration: int
+    test_acc_at_early_stop: float
+    val_loss_at_early_stop: float
+    max_val_acc: float
+    final_train_acc: float
+    final_test_acc: float
+    wall_time_s: float  # the training loop, periodic evaluations included
+    iters_per_s: float  # training steps per second, evaluations excluded
+    # raw parameters at the early-stop evaluation and, if asked, at the rewind iteration
+    early_stop_params: Params = field(repr=False, default_factory=dict)
+    captured_params: Params | None = field(repr=False, default=None)
+
+    def metrics(self) -> dict:
+        """JSON-able summary (no tensors)."""
+        d = asdict(self)
+        d.pop("early_stop_params")
+        d.pop("captured_params")
+        d["evals"] = [list(asdict(e).values()) for e in self.evals]
+        return d
+
+
+@torch.no_grad()
+def evaluate(model, split: Split) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of `model` on a split, in chunks."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(split), EVAL_CHUNK):
+        x = split.images[start:start + EVAL_CHUNK]
+        y = split.labels[start:start + EVAL_CHUNK]
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train()
+    return loss_sum / len(split), correct / len(split)
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    """Adam; the fused CPU/GPU implementation where this torch has it (same maths, fewer passes)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at: int | None = None,
+          desc: str = "train", progress: bool | None = None,
+          snapshot: Callable[[torch.nn.Module], Params]) -> TrainResult:
+    """Train `model` in place for cfg.iterations minibatches with a fresh Adam optimizer.
+
+    data_seed fixes the minibatch order. capture_at: also return the raw parameters at that
+    iteration (0 = before the first step), for late rewinding. Evaluates at iteration 0, every
+    cfg.eval_every iterations and at the end. `snapshot(model)` copies the parameters kept for
+    early stopping and rewinding (for a pruned MLP: lth_sparse.lottery.pruning.get_params).
+    """
+    if progress is None:
+        progress = os.environ.get("TQDM_DISABLE", "0") in ("", "0")
+    device = data.train.images.device
+    sampler = BatchSampler(len(data.train), cfg.batch_size, data_seed, device=device)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
+    model.train()
+
+    evals: list[EvalPoint] = []
+    best: tuple[float, int, Params] | None = None
+    captured = snapshot(model) if capture_at == 0 else None
+
+    eval_time = 0.0
+
+    def run_eval(it: int) -> None:
+        nonlocal best, eval_time
+        t0 = time.perf_counter()
+        vl, va = evaluate(model, data.val)
+        tl, ta = evaluate(model, data.test)
+        evals.append(EvalPoint(it, vl, va, tl, ta))
+        if best is None or vl < best[0]:
+            best = (vl, it, snapshot(model))
+        bar.set_postfix(val_acc=f"{va:.4f}", test_acc=f"{ta:.4f}", refresh=False)
+        eval_time += time.perf_counter() - t0
+
+    bar = tqdm(total=cfg.iterations, desc=desc, disable=not progress, unit="it",
+               dynamic_ncols=True, leave=False)
+    start = time.perf_counter()
+    run_eval(0)
+    images, labels = data.train.images, data.train.labels
+    for it in range(1, cfg.iterations + 1):
+        idx = sampler.next()
+        loss = F.cross_entropy(model(images.index_select(0, idx)), labels.index_select(0, idx))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if capture_at == it:
+            captured = snapshot(model)
+        if it % cfg.eval_every == 0 or it == cfg.iterations:
+            run_eval(it)
+        bar.update(1)
+    wall = time.perf_counter() - start
+    bar.close()
+
+    _, train_acc = evaluate(model, data.train)
+    es = min(evals, key=lambda e: e.val_loss)
+    return TrainResult(
+        evals=evals,
+        early_stop_iteration=es.iteration,
+        test_acc_at_early_stop=es.test_acc,
+        val_loss_at_early_stop=es.val_loss,
+        max_val_acc=max(e.val_acc for e in evals),
+        final_train_acc=train_acc,
+        final_test_acc=evals[-1].test_acc,
+        wall_time_s=wall,
+        iters_per_s=cfg.iterations / max(wall - eval_time, 1e-9),
+        early_stop_params=best[2],
+        captured_params=captured,
+    )
