@@ -59,12 +59,14 @@ def dense_of(indptr, indices, values, shape, dtype=torch.float64):
 # Fused sparse trainer vs the torch oracle (fp32; the only differences are summation orders).
 # one_step: parameters after one Adam step. Adam divides by sqrt(v), so a gradient that is tiny
 # next to its summands' rounding error moves a weight by up to ~1e-3 of lr (1.2e-3) -> 2e-5.
-# many_steps: after 500 steps those differences compound through training (chaotic on random
-# labels); on a learnable task they stay near 1e-3 of the weights' scale. loss: per-step loss.
+# many_steps: after 500 steps on a learnable task (LeNet 10.7%, batch 60) the measured drift is
+# ~1e-6 in the weights and ~5e-7 in the loss; 1e-4 leaves 100x headroom. (On random labels,
+# memorising noise, training is chaotic and the drift reaches 5e-3: not a useful comparison.)
+# loss: per-step mean cross-entropy.
 TRAIN_TOL = {
     "one_step": dict(rtol=1e-4, atol=2e-5),
-    "many_steps": dict(rtol=0.0, atol=5e-3),
-    "loss": dict(rtol=1e-3, atol=1e-3),
+    "many_steps": dict(rtol=0.0, atol=1e-4),
+    "loss": dict(rtol=1e-4, atol=1e-4),
     "eval_loss_sum": dict(rtol=1e-5, atol=1e-3),
 }
 # One IMP round on MNIST trained dense vs sparse from the same seed: test accuracy within this
