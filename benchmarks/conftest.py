@@ -9,14 +9,15 @@ import os
 import pytest
 import torch
 
-from lth_sparse import bench
+from lth_sparse.bench.machine import set_threads
+from lth_sparse.bench.timing import sync
 
 DEVICE = os.environ.get("LTH_BENCH_DEVICE", "cpu")
 
 
 def pytest_configure(config):
     threads = int(os.environ.get("LTH_BENCH_THREADS", "0")) or torch.get_num_threads()
-    bench.set_threads(threads)
+    set_threads(threads)
     if DEVICE == "cuda":
         torch.set_float32_matmul_precision("highest")
 
@@ -35,6 +36,6 @@ def synced(fn, device):
 
     def call():
         out = fn()
-        torch.cuda.synchronize()
+        sync(device)
         return out
     return call

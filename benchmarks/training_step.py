@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lth_sparse.bench import machine_info
+from lth_sparse.bench.machine import machine_info
 from lth_sparse.bridge.trainers import DenseStepper, SparseStepper, find_ticket
 from lth_sparse.fileio import atomic_write_bytes, atomic_write_json
 from lth_sparse.lottery.config import ExperimentConfig, TrainConfig
@@ -33,6 +33,7 @@ from lth_sparse.lottery.data import Dataset, Split
 from lth_sparse.lottery.models import MLP
 from lth_sparse.lottery.pruning import prune_round
 from lth_sparse.lottery.report import markdown_table
+from lth_sparse.sparse.tolerances import TRAINING_TOLERANCES
 
 RATES = {"fc1": 0.2, "fc2": 0.2, "fc3": 0.1}  # the paper's LeNet schedule
 ROUNDS = (0, 3, 7, 10, 15, 18)  # 100, 51.3, 21.1, 10.7, 3.6, 1.9 % remaining
@@ -89,7 +90,7 @@ def mode_step(args) -> dict:
     rows = []
     for r in ROUNDS:
         err = check_same_step(r, data, cfg)
-        if err > 1e-4:
+        if err > TRAINING_TOLERANCES["one_step"].atol:
             raise SystemExit(f"round {r}: dense and sparse disagree after one step by {err:.2e}")
         dense = DenseStepper(pruned_lenet(r), data, cfg, snapshot=lambda m: {})
         sparse = SparseStepper(pruned_lenet(r), data, cfg, snapshot=lambda m: {},

@@ -11,9 +11,7 @@ process. Writes a markdown table (and JSON) under --out-dir.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lth_sparse.bench.machine import check_clean_for_results, cpu_model, git_state
+from lth_sparse.errors import ConfigError
 from lth_sparse.fileio import atomic_write_bytes, atomic_write_json
 from lth_sparse.lottery.config import TrainConfig
 from lth_sparse.lottery.data import STATS, load_mnist, resolve_data_dir
@@ -96,7 +96,15 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="write into benchmarks/results/ from a git tree with uncommitted changes")
     args = ap.parse_args(argv)
+    state = git_state()
+    try:
+        check_clean_for_results(args.out_dir, state, args.allow_dirty)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     data_dir = resolve_data_dir(args.data_dir)
     data = load_mnist(data_dir)
@@ -106,10 +114,8 @@ def main(argv=None) -> int:
         ours.append(in_memory_loop(data, args.iterations, args.eval_every))
     ms = lambda xs: 1e3 * statistics.median(xs) / args.iterations
     spread = lambda xs: f"{1e3 * min(xs) / args.iterations:.2f}-{1e3 * max(xs) / args.iterations:.2f}"
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip() or "unknown"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+    sha = state.label
+    cpu = cpu_model()
     ratio = statistics.median(theirs) / statistics.median(ours)
     table = "\n".join([
         "| loop | ms/iteration (median) | min-max | iterations/s |",
@@ -129,7 +135,7 @@ def main(argv=None) -> int:
     atomic_write_json(args.out_dir / "training_throughput.json", (
         {"dataloader_s": theirs, "in_memory_s": ours, "iterations": args.iterations,
          "eval_every": args.eval_every, "threads": args.threads, "speedup": ratio,
-         "git": sha, "torch": torch.__version__, "cpu": cpu}))
+         "git": sha, "git_dirty": state.dirty, "torch": torch.__version__, "cpu": cpu}))
     print(header + table)
     return 0
 

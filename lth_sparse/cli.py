@@ -36,7 +36,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                help=f"{f.metadata['help']} (default: {shown})")
 
 
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+def experiment_config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """Defaults < --config file < flags; validated."""
     cfg = ExperimentConfig.from_dict(load_config_file(args.config)) if args.config else ExperimentConfig()
     for key, value in vars(args).items():
@@ -57,7 +57,7 @@ def cmd_find_ticket(args) -> int:
     from lth_sparse.bridge.trainers import find_ticket
     from lth_sparse.lottery.report import round_table
 
-    cfg = config_from_args(args)
+    cfg = experiment_config_from_args(args)
     run = find_ticket(cfg, args.runs_dir)
     print(f"\nrun {run.run_id} at {run.path}\n")
     print(round_table(run.all_metrics()))
@@ -113,8 +113,8 @@ def cmd_train_ticket(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from lth_sparse import bench
-    return bench.run(args)
+    from lth_sparse.bench.cli import run_bench_command
+    return run_bench_command(args)
 
 
 def cmd_demo(args) -> int:
@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_ticket)
 
     p = sub.add_parser("bench", help="sparse vs dense speed (and accuracy) benchmarks")
-    from lth_sparse import bench
-    bench.add_arguments(p)
+    from lth_sparse.bench.cli import add_bench_arguments
+    add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="a few-minute end-to-end run: ticket, export, sparse vs dense")

@@ -1,17 +1,16 @@
-"""Shared test helpers: the one tolerance table, and random CSR matrices with awkward structure."""
+"""Shared test helpers: the tolerance table (the package's own), and random CSR matrices with
+awkward structure."""
 from __future__ import annotations
 
 import os
 
 import torch
 
-# Per-dtype tolerances (of the values/activations dtype); no magic atol inside a test.
-TOL = {
-    torch.float64: dict(rtol=1e-10, atol=1e-10),
-    torch.float32: dict(rtol=1e-4, atol=1e-4),
-    torch.float16: dict(rtol=2e-2, atol=2e-2),
-    torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
-}
+from lth_sparse.sparse.tolerances import PRECISION_NAMES, TRAINING_TOLERANCES, tolerance
+
+# The package's one tolerance table (lth_sparse.sparse.tolerances), as assert_close kwargs per
+# dtype; no magic atol inside a test.
+TOL = {dtype: tolerance(dtype).as_kwargs() for dtype in PRECISION_NAMES}
 
 
 def fresh_seed() -> int:
@@ -56,19 +55,7 @@ def dense_of(indptr, indices, values, shape, dtype=torch.float64):
     return w
 
 
-# Fused sparse trainer vs the torch oracle (fp32; the only differences are summation orders).
-# one_step: parameters after one Adam step. Adam divides by sqrt(v), so a gradient that is tiny
-# next to its summands' rounding error moves a weight by up to ~1e-3 of lr (1.2e-3) -> 2e-5.
-# many_steps: after 500 steps on a learnable task (LeNet 10.7%, batch 60) the measured drift is
-# ~1e-6 in the weights and ~5e-7 in the loss; 1e-4 leaves 100x headroom. (On random labels,
-# memorising noise, training is chaotic and the drift reaches 5e-3: not a useful comparison.)
-# loss: per-step mean cross-entropy.
-TRAIN_TOL = {
-    "one_step": dict(rtol=1e-4, atol=2e-5),
-    "many_steps": dict(rtol=0.0, atol=1e-4),
-    "loss": dict(rtol=1e-4, atol=1e-4),
-    "eval_loss_sum": dict(rtol=1e-5, atol=1e-3),
-}
-# One IMP round on MNIST trained dense vs sparse from the same seed: test accuracy within this
-# (fraction, i.e. 0.1 accuracy points); early-stop iteration equal.
-IMP_ACC_TOL = 1e-3
+# The fused trainer's tolerances (lth_sparse.sparse.tolerances.TRAINING_TOLERANCES, where each
+# is explained), as assert_close kwargs by check name.
+TRAIN_TOL = {name: tol.as_kwargs() for name, tol in TRAINING_TOLERANCES.items()}
+IMP_ACC_TOL = TRAINING_TOLERANCES["imp_accuracy"].atol

@@ -26,6 +26,7 @@ from lth_sparse.errors import BackendUnavailableError, ConfigError
 from lth_sparse.sparse import ops
 from lth_sparse.sparse.csr import CSRMatrix
 from lth_sparse.sparse.kernels import reference
+from lth_sparse.sparse.kernels.base import ChainLayer
 
 __all__ = ["sparse_linear", "SparseLinear", "SparseMLP"]
 
@@ -128,8 +129,7 @@ class _EagerSparseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, indptr, indices, values, bias, t_indptr, t_indices, perm, n_out, relu,
                 backend):
-        y = ops.spmm(x, indptr, indices, values, n_out, bias, relu, backend=backend,
-                     trusted=True)
+        y = ops.spmm_unchecked(x, indptr, indices, values, n_out, bias, relu, backend=backend)
         _setup_context(ctx, (x, indptr, indices, values, bias, t_indptr, t_indices, perm, n_out,
                              relu, backend), y)
         return y
@@ -283,13 +283,9 @@ class SparseLinear(nn.Module):
         if torch.compiler.is_compiling():
             y = sparse_linear(*args)  # the custom op: torch.compile sees one node per layer
         else:
-            # Eager paths skip the custom-op dispatch, which costs as much as a small layer's
-            # kernel; the pattern was validated when the layer was built, x is checked above.
-            if self.records_graph(x):
-                y = _EagerSparseLinear.apply(*args)
-            else:  # inference: no graph to record
-                y = ops.spmm(x2, self.indptr, self.indices, self.values, n_out, self.bias,
-                             self.relu, backend=self.backend, trusted=True)
+            # Eager: the autograd.Function skips the custom-op dispatch, which costs as much as
+            # a small layer's kernel; the pattern was validated when the layer was built.
+            y = _EagerSparseLinear.apply(*args)
         return y.reshape(*lead, n_out)
 
 
@@ -383,7 +379,7 @@ class SparseMLP(nn.Module):
         return state
 
     def _inference_plan(self, x: Tensor, layers: list[SparseLinear]):
-        """The whole network as one ops.spmm_chain_plan, rebuilt only when a layer's tensors
+        """The whole network as one ops.prepare_chain, rebuilt only when a layer's tensors
         or backend change: at small batches, per-layer call overhead is most of the time."""
         # .to()/load_state_dict replace or bump the parameters; the pattern buffers move with
         # them, so the parameters' storage and versions identify the plan's inputs.
@@ -395,9 +391,10 @@ class SparseMLP(nn.Module):
                 key += [params["bias"].data_ptr(), params["bias"]._version]
         cached = self.__dict__.get("_plan")
         if cached is None or cached[0] != key:
-            chain = [(l.indptr, l.indices, l.values.detach(),
-                      None if l.bias is None else l.bias.detach(), l.relu, l.out_features)
+            chain = [ChainLayer(l.indptr, l.indices, l.values.detach(),
+                                None if l.bias is None else l.bias.detach(), l.relu,
+                                l.out_features, l.in_features)
                      for l in layers]
-            cached = (key, ops.spmm_chain_plan(chain, x.device, x.dtype, layers[0].backend))
+            cached = (key, ops.prepare_chain(chain, x.device, x.dtype, layers[0].backend))
             self.__dict__["_plan"] = cached  # not a module attribute: no state_dict, no .to()
         return cached[1]

@@ -7,19 +7,19 @@ allocated here (kernels never allocate); pass `out=` to write into an existing b
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from importlib import import_module
-from types import ModuleType
+import os
 
 import torch
 
 from lth_sparse.errors import BackendUnavailableError, CSRError
+from lth_sparse.sparse.kernels import base, cpu, reference, triton_backend
 
-BACKENDS = ("reference", "cpu", "triton")
-_MODULES = {
-    "reference": "lth_sparse.sparse.kernels.reference",
-    "cpu": "lth_sparse.sparse.kernels.cpu",
-    "triton": "lth_sparse.sparse.kernels.triton_backend",
+# The backends, by name (see lth_sparse.sparse.kernels.base for what each provides). Importing
+# them is cheap: cpu loads the extension lazily, triton_backend imports Triton on its first op.
+BACKENDS = {
+    "reference": base.check_backend_module("reference", reference),
+    "cpu": base.check_backend_module("cpu", cpu),
+    "triton": base.check_backend_module("triton", triton_backend),
 }
 # The dtypes every backend accepts (the CSR container validates against the same tables).
 INDPTR_DTYPES = (torch.int32, torch.int64)
@@ -27,18 +27,12 @@ INDEX_DTYPES = (torch.uint16, torch.int32, torch.int64)
 VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@lru_cache(maxsize=None)
-def _module(name: str) -> ModuleType:
-    # cached: import_module's lookup costs microseconds on every call of a hot op
-    return import_module(_MODULES[name])
-
-
 def backend_status(name: str) -> tuple[bool, str]:
     """(available, reason) for one backend, without raising."""
-    if name not in _MODULES:
+    if name not in BACKENDS:
         return False, f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}"
     try:
-        return _module(name).available()
+        return BACKENDS[name].available()
     except ImportError as exc:
         return False, f"{name} backend could not be imported: {exc}"
 
@@ -71,7 +65,6 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
 
 
 def _triton_interpreted() -> bool:
-    import os
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -98,7 +91,7 @@ def _check_pattern(indptr, indices, n_cols: int, what: str) -> None:
 
     O(nnz); kernels trust these (an out-of-range index reads out of bounds), so the untrusted
     entry points check them. CSRMatrix.validate() checks everything once, and SparseLinear then
-    calls with trusted=True.
+    uses the unchecked entry points.
     """
     nnz = indices.numel()
     if int(indptr[0]) != 0 or int(indptr[-1]) != nnz:
@@ -149,27 +142,32 @@ def _out(out, shape, dtype, device, name="out"):
 
 def spmm(x: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
          n_out: int, bias: torch.Tensor | None = None, relu: bool = False,
-         backend: str = "auto", out: torch.Tensor | None = None,
-         trusted: bool = False) -> torch.Tensor:
+         backend: str = "auto", out: torch.Tensor | None = None) -> torch.Tensor:
     """Y = X W^T (+ bias) (then ReLU if relu), W a CSR matrix of shape (n_out, K).
 
     x: (B, K) float32/float16/bfloat16/float64; bias: (n_out,) same dtype as x or None.
-    Returns (B, n_out) in x's dtype (accumulated in fp32, fp64 for fp64).
-    trusted: the caller guarantees the checks below hold (SparseLinear, whose pattern was
-    validated when it was built and which checks x itself); skips them on a hot path.
+    Returns (B, n_out) in x's dtype (accumulated in fp32, fp64 for fp64). Every argument is
+    checked, the CSR pattern included (O(nnz)).
     """
-    if trusted:
-        device = x.device
-    else:
-        _check_dense(x, "x", (None, None))
-        _check_csr(indptr, indices, values, n_out, "spmm weight")
-        _check_pattern(indptr, indices, x.shape[1], "spmm weight")
-        if bias is not None:
-            _check_dense(bias, "bias", (n_out,), x.dtype)
-        device = _same_device(x, indptr, indices, values, bias)
-    name = resolve_backend(backend, device, x.dtype)
-    out = _out(out, (x.shape[0], n_out), x.dtype, device)
-    return _module(name).spmm(x.contiguous(), indptr, indices, values, bias, bool(relu), out)
+    _check_dense(x, "x", (None, None))
+    _check_csr(indptr, indices, values, n_out, "spmm weight")
+    _check_pattern(indptr, indices, x.shape[1], "spmm weight")
+    if bias is not None:
+        _check_dense(bias, "bias", (n_out,), x.dtype)
+    _same_device(x, indptr, indices, values, bias)
+    return spmm_unchecked(x, indptr, indices, values, n_out, bias, relu, backend, out)
+
+
+def spmm_unchecked(x: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor,
+                   values: torch.Tensor, n_out: int, bias: torch.Tensor | None = None,
+                   relu: bool = False, backend: str = "auto",
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """spmm over TRUSTED arrays: the caller guarantees what `spmm` checks (a pattern validated
+    when it was built, e.g. SparseLinear's from a validated CSRMatrix; x (B, K) on the same
+    device; bias (n_out,) in x's dtype). For hot paths that must not re-check per call."""
+    name = resolve_backend(backend, x.device, x.dtype)
+    out = _out(out, (x.shape[0], n_out), x.dtype, x.device)
+    return BACKENDS[name].spmm(x.contiguous(), indptr, indices, values, bias, bool(relu), out)
 
 
 def spmm_t(dy: torch.Tensor, t_indptr: torch.Tensor, t_indices: torch.Tensor,
@@ -185,7 +183,7 @@ def spmm_t(dy: torch.Tensor, t_indptr: torch.Tensor, t_indices: torch.Tensor,
     device = _same_device(dy, t_indptr, t_indices, t_values)
     name = resolve_backend(backend, device, dy.dtype)
     out = _out(out, (dy.shape[0], n_in), dy.dtype, device)
-    return _module(name).spmm_t(dy.contiguous(), t_indptr, t_indices, t_values, out)
+    return BACKENDS[name].spmm_t(dy.contiguous(), t_indptr, t_indices, t_values, out)
 
 
 def sddmm(dy: torch.Tensor, x: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor,
@@ -208,26 +206,19 @@ def sddmm(dy: torch.Tensor, x: torch.Tensor, indptr: torch.Tensor, indices: torc
     device = _same_device(dy, x, indptr, indices)
     name = resolve_backend(backend, device, x.dtype)
     out = _out(out, (indices.numel(),), out_dtype, device)
-    return _module(name).sddmm(dy.contiguous(), x.contiguous(), indptr, indices, out)
+    return BACKENDS[name].sddmm(dy.contiguous(), x.contiguous(), indptr, indices, out)
 
 
-def spmm_chain_plan(layers, device: torch.device, dtype: torch.dtype, backend: str = "auto"):
-    """A callable x -> y for a chain of CSR layers: h = spmm(h, layer_i) with each layer's ReLU.
+def prepare_chain(layers: list[base.ChainLayer], device: torch.device, dtype: torch.dtype,
+                  backend: str = "auto"):
+    """A callable x -> y for a chain of validated CSR layers (each with its ReLU).
 
-    layers: [(indptr, indices, values, bias or None, relu, n_out)], validated by the caller
-    (SparseMLP builds them from validated SparseLinear layers). The plan prepares each backend's
-    arguments once, so a small network's forward is not dominated by per-call conversions; the
-    tensors are used in place, and the caller rebuilds the plan when any of them is replaced or
-    modified. x: (B, K0) in `dtype` on `device`; returns (B, n_out of the last layer).
+    The backend's `prepare_chain` hook (e.g. the native whole-network engine) prepares the chain
+    once; without one, or when it declines, the layers run one spmm at a time. The tensors are
+    used in place: the caller rebuilds the chain when any of them is replaced or modified.
+    x: (B, K0) in `dtype` on `device`; returns (B, n_out of the last layer).
     """
-    name = resolve_backend(backend, device, dtype)
-    module = _module(name)
-    if hasattr(module, "SpmmChainPlan") and dtype != torch.float64:  # the plan computes in fp32
-        return module.SpmmChainPlan(layers)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        for indptr, indices, values, bias, relu, n_out in layers:
-            x = module.spmm(x, indptr, indices, values, bias, relu,
-                            torch.empty((x.shape[0], n_out), dtype=x.dtype, device=x.device))
-        return x
-    return run
+    module = BACKENDS[resolve_backend(backend, device, dtype)]
+    hook = getattr(module, "prepare_chain", None)  # optional part of the protocol (base.py)
+    run = hook(layers, dtype) if hook is not None else None
+    return run if run is not None else base.chain_forward(module, layers)

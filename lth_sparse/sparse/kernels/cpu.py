@@ -132,22 +132,29 @@ def sddmm(dy, x, indptr, indices, out):
     return _finish(tmp, out)
 
 
-class SpmmChainPlan:
+def prepare_chain(layers, dtype: torch.dtype):
+    """The backend protocol's chain hook (see kernels/base.py): a _Chain for float32/16/bf16
+    activations, None for float64 (the chain computes in float32)."""
+    return None if dtype == torch.float64 else _Chain(layers)
+
+
+class _Chain:
     """A chain of spmm calls (one per layer, each with its ReLU) with every layer's arrays
     converted to numpy once: per call only the activations and outputs are wrapped.
 
-    layers: [(indptr, indices, values, bias or None, relu, n_out)] as lth_sparse.sparse.ops passes
-    them. Views share the tensors' memory (in-place updates are seen); values or bias that are
-    not float32 are converted once, so the owner rebuilds the plan when they change.
+    layers: [base.ChainLayer]. Views share the tensors' memory (in-place updates are seen);
+    values or bias that are not float32 are converted once, so the owner rebuilds the chain
+    when they change.
     """
 
     def __init__(self, layers):
-        self.layers = [(_index(ip, "indptr"), _index(ix, "indices"), _np(v, torch.float32),
-                        None if b is None else _np(b, torch.float32), bool(relu), int(n))
-                       for ip, ix, v, b, relu, n in layers]
+        self.layers = [(_index(l.indptr, "indptr"), _index(l.indices, "indices"),
+                        _np(l.values, torch.float32),
+                        None if l.bias is None else _np(l.bias, torch.float32), bool(l.relu),
+                        int(l.n_out)) for l in layers]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, K0) float32/float16/bfloat16 -> (B, n_out) float32 (cast back to x's dtype)."""
+        """x (B, K0) float32/float16/bfloat16 -> (B, n_out) (cast back to x's dtype)."""
         ext = _C()
         h = _np(x, torch.float32)
         out = x

@@ -50,7 +50,9 @@ def _kernels():
     return triton_kernels
 
 
-def _check(op: str, tensors: dict) -> None:
+def _require_supported(op: str, tensors: dict) -> None:
+    """What only this backend cannot do (float64, 2**31+ elements, CPU tensors without the
+    interpreter) raises here; CSR contents were validated where the pattern entered."""
     for name, t in tensors.items():
         if t is None:
             continue
@@ -170,14 +172,15 @@ def spmm(x, indptr, indices, values, bias, relu, out):
     x, values, bias, out: fp32/fp16/bf16 (values may differ from x); indices int32/int64/uint16;
     indptr int32/int64. Returns out.
     """
-    _check("spmm", dict(x=x, indptr=indptr, indices=indices, values=values, bias=bias, out=out))
+    _require_supported("spmm", dict(x=x, indptr=indptr, indices=indices, values=values,
+                                    bias=bias, out=out))
     return _spmm_launch(x, indptr, indices, values, bias, relu, out)
 
 
 def spmm_t(dy, t_indptr, t_indices, t_values, out):
     """out (B, K) = dy (B, N) @ W, with W^T given as CSR (K, N); no atomics (row-owned outputs)."""
-    _check("spmm_t", dict(dy=dy, t_indptr=t_indptr, t_indices=t_indices, t_values=t_values,
-                          out=out))
+    _require_supported("spmm_t", dict(dy=dy, t_indptr=t_indptr, t_indices=t_indices,
+                                      t_values=t_values, out=out))
     return _spmm_launch(dy, t_indptr, t_indices, t_values, None, False, out)
 
 
@@ -186,7 +189,7 @@ def sddmm(dy, x, indptr, indices, out):
 
     dy (B, N), x (B, K): fp32/fp16/bf16; out fp32 (or any float dtype: stored in out's dtype).
     """
-    _check("sddmm", dict(dy=dy, x=x, indptr=indptr, indices=indices, out=out))
+    _require_supported("sddmm", dict(dy=dy, x=x, indptr=indptr, indices=indices, out=out))
     k = _kernels()
     B, N = dy.shape
     nnz = indices.numel()
