@@ -53,4 +53,5 @@ PYBIND11_MODULE(_C, m) {
   lth_sparse::register_spmm(m);
   lth_sparse::register_sddmm(m);
   lth_sparse::register_engine(m);
+  lth_sparse::register_trainer(m);
 }

@@ -36,7 +36,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls=ExperimentC
                 continue
             default = getattr(obj, f.name)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg:{section}.{f.name}",
+            flag = f.metadata.get("flag", f.name.replace("_", "-"))
+            group.add_argument(f"--{flag}", dest=f"cfg:{section}.{f.name}",
                                default=argparse.SUPPRESS, metavar=f.name.upper(),
                                help=f"{f.metadata['help']} (default: {shown})")
 
@@ -60,8 +61,8 @@ def _add_runs_dir(p: argparse.ArgumentParser) -> None:
 # -------------------------------------------------------------------------- commands
 
 def cmd_find_ticket(args) -> int:
+    from lth_sparse.bridge.trainers import find_ticket
     from lth_sparse.lottery.report import round_table
-    from lth_sparse.lottery.rounds import find_ticket
 
     cfg = experiment_config_from_args(args)
     run = find_ticket(cfg, args.runs_dir)
@@ -124,7 +125,8 @@ def cmd_export(args) -> int:
 def cmd_train_ticket(args) -> int:
     from lth_sparse.bridge.retrain import train_ticket
 
-    train_ticket(args.run, round_=args.round, backend=args.backend, iterations=args.iterations,
+    train_ticket(args.run, round_=args.round, backend=args.backend,
+                 train_backend=args.train_backend, iterations=args.iterations,
                  compare_dense=not args.no_dense, runs_dir=args.runs_dir)
     return 0
 
@@ -201,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             "sparse kernels, side by side with dense masked training")
     p.add_argument("run", help="run directory or run id")
     p.add_argument("--round", type=int, default=None, help="round whose mask to use (default: last)")
-    p.add_argument("--backend", default="auto", choices=("auto", "reference", "cpu", "triton"))
+    p.add_argument("--backend", default="auto", choices=("auto", "reference", "cpu", "triton"),
+                   help="kernel backend of SparseMLP when it trains through autograd")
+    p.add_argument("--train-backend", default="auto", choices=("auto", "dense", "sparse"),
+                   help="how the sparse model trains: sparse = the fused native trainer (CPU), "
+                        "dense = autograd through SparseMLP's --backend kernels, auto = fused "
+                        "where it can run (default: auto)")
     p.add_argument("--iterations", type=int, default=None,
                    help="training iterations (default: the run's)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense masked comparison")

@@ -19,7 +19,7 @@ from lth_sparse.lottery.data import load_data_for
 from lth_sparse.lottery.models import build_model
 from lth_sparse.lottery.pruning import load_params, set_masks
 from lth_sparse.lottery.report import markdown_table, round_table
-from lth_sparse.lottery.rounds import find_ticket
+from lth_sparse.bridge.trainers import find_ticket
 from lth_sparse.sparse.ticket_file import load_ticket
 from lth_sparse.sparse.tolerances import tolerance
 

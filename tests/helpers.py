@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from lth_sparse.sparse.tolerances import PRECISION_NAMES, tolerance
+from lth_sparse.sparse.tolerances import PRECISION_NAMES, TRAINING_TOLERANCES, tolerance
 
 # The package's one tolerance table (lth_sparse.sparse.tolerances), as assert_close kwargs per
 # dtype; no magic atol inside a test.
@@ -57,3 +57,9 @@ def dense_of(indptr, indices, values, shape, dtype=torch.float64):
         for j in range(ip[r], ip[r + 1]):
             w[r, idx[j]] += val[j]
     return w
+
+
+# The fused trainer's tolerances (lth_sparse.sparse.tolerances.TRAINING_TOLERANCES, where each
+# is explained), as assert_close kwargs by check name.
+TRAIN_TOL = {name: tol.as_kwargs() for name, tol in TRAINING_TOLERANCES.items()}
+IMP_ACC_TOL = TRAINING_TOLERANCES["imp_accuracy"].atol

@@ -139,9 +139,12 @@ def test_train_ticket_sparse_matches_dense_masked(mnist_run):
                            log=lambda s: None)
     diff = abs(results["sparse"].final_test_acc - results["dense"].final_test_acc)
     assert diff <= 0.002  # within 0.2 accuracy points
-    # the dense replay reproduces the round's own training exactly (same data order)
+    # the dense replay reproduces the round's own training (same data order): exactly when the
+    # round trained dense too, within fp32 rounding when auto trained it sparse
     stored = mnist_run.read_round_metrics(2)["ticket"]
-    assert results["dense"].final_test_acc == pytest.approx(stored["final_test_acc"], abs=1e-12)
+    exact = stored.get("backend", "dense") == "dense"
+    assert results["dense"].final_test_acc == pytest.approx(stored["final_test_acc"],
+                                                            abs=1e-12 if exact else 1e-3)
 
 
 @pytest.mark.mnist

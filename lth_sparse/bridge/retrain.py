@@ -28,13 +28,18 @@ def _state_snapshot(model: torch.nn.Module) -> dict:
 
 
 def train_ticket(ref, *, round_: int | None = None, backend: str = "auto",
-                 iterations: int | None = None, compare_dense: bool = True, runs_dir=None,
+                 train_backend: str = "auto", iterations: int | None = None, compare_dense: bool = True, runs_dir=None,
                  data: Dataset | None = None, progress: bool | None = None,
                  log: Callable[[str], None] = print) -> dict[str, TrainResult]:
     """Train round `round_`'s ticket with SparseMLP(backend) (and dense masked, unless disabled).
 
+    train_backend: "sparse" trains the SparseMLP with the fused native trainer (CPU), "dense"
+    through autograd with the `backend` kernels, "auto" fused where it can run.
     Returns {"sparse": TrainResult, "dense": TrainResult?}; logs a comparison table.
     """
+    from lth_sparse.bridge.trainers import SparseMLPStepper
+    from lth_sparse.sparse.trainer import fused_trainer_available
+
     from lth_sparse.bridge.convert import sparse_mlp_from_mlp
 
     run = open_run(ref, runs_dir)
@@ -58,15 +63,26 @@ def train_ticket(ref, *, round_: int | None = None, backend: str = "auto",
     load_params(dense, rewind)
     sparse = sparse_mlp_from_mlp(copy.deepcopy(dense), backend=backend)
 
+    if train_backend not in ("auto", "dense", "sparse"):
+        raise ConfigError(f"--train-backend must be auto, dense or sparse, got {train_backend!r}")
+    on_cpu = data.train.images.device.type == "cpu"
+    fused_ok, why = fused_trainer_available()
+    if train_backend == "sparse" and not (fused_ok and on_cpu):
+        raise ConfigError("--train-backend sparse: the fused trainer "
+                          + (f"is unavailable ({why})" if not fused_ok else "runs on the CPU only")
+                          + "; use --train-backend dense")
+    fused = train_backend == "sparse" or (train_backend == "auto" and fused_ok and on_cpu)
+    factory = SparseMLPStepper if fused else None
+    label = "fused" if fused else backend
     results = {"sparse": train(sparse, data, train_cfg, data_seed=data_seed,
-                               desc=f"round {r} sparse ({backend})", progress=progress,
-                               snapshot=_state_snapshot)}
+                               desc=f"round {r} sparse ({label})", progress=progress,
+                               snapshot=_state_snapshot, trainer_factory=factory)}
     if compare_dense:
         results["dense"] = train(dense, data, train_cfg, data_seed=data_seed,
                                  desc=f"round {r} dense masked", progress=progress,
                                  snapshot=get_params)
     pct = 100.0 * (1.0 - sparse.sparsity)
-    rows = [[name, f"{1000.0 / res.iters_per_s:.3f}", str(res.early_stop_iteration),
+    rows = [[f"{name} ({res.backend})", f"{1000.0 / res.iters_per_s:.3f}", str(res.early_stop_iteration),
              f"{100 * res.test_acc_at_early_stop:.2f}", f"{100 * res.final_test_acc:.2f}"]
             for name, res in results.items()]
     log(f"run {run.run_id} round {r}: {pct:.1f}% weights remaining, {train_cfg.iterations} "

@@ -19,10 +19,16 @@ from lth_sparse.errors import ConfigError
 PRUNE_METHODS = ("layerwise", "global", "random")
 CONTROLS = ("reinit", "random_prune", "finetune")
 DATASETS = ("mnist", "fashion_mnist")
+TRAIN_BACKENDS = ("auto", "dense", "sparse")
 
 
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text}, **kw)
+def _help(text: str, flag: str | None = None, **kw) -> Any:
+    """A field with one-line help; `flag` names its CLI option when the field name alone would
+    be ambiguous (default: --<name>)."""
+    meta = {"help": text}
+    if flag:
+        meta["flag"] = flag
+    return field(metadata=meta, **kw)
 
 
 @dataclass
@@ -67,6 +73,11 @@ class TrainConfig:
     lr: float = _help("Adam learning rate (paper: 1.2e-3)", default=1.2e-3)
     eval_every: int = _help("evaluate validation and test every N iterations", default=500)
     seed: int = _help("seed of initialisation and data order", default=0)
+    backend: str = _help(
+        "who runs the training steps of a round: dense (torch, masked weights), sparse (the fused "
+        "native sparse trainer, CPU) or auto (sparse when this machine's measured break-even "
+        "density for the network is above the round's density)", default="auto",
+        flag="train-backend")
 
 
 @dataclass
@@ -87,8 +98,12 @@ class ExperimentConfig:
     lottery: LotteryConfig = field(default_factory=LotteryConfig)
 
     SECTIONS = ("data", "model", "prune", "train", "lottery")
-    # Not part of an experiment's identity: where the data lives does not change results.
-    NON_SEMANTIC = {("data", "data_dir")}
+    # Not part of an experiment's identity: where the data lives does not change results, and
+    # neither does who runs the training steps: the dense and the sparse trainer do the same
+    # arithmetic (same minibatches, same Adam), differing only in fp32 summation order. Keeping
+    # the backend out of the hash lets `auto` pick per machine and per round, and a run started
+    # dense resume sparse, without forking the run; each round records its backend instead.
+    NON_SEMANTIC = {("data", "data_dir"), ("train", "backend")}
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "ExperimentConfig":
@@ -123,6 +138,7 @@ class ExperimentConfig:
         _int_range("train.iterations", t.iterations, 1, 10**9)
         _int_range("train.batch_size", t.batch_size, 1, 60_000)
         _int_range("train.eval_every", t.eval_every, 1, 10**9)
+        _choice("train.backend", t.backend, TRAIN_BACKENDS)
         if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
             raise ConfigError(f"train.lr must be a positive number, got {t.lr!r}")
         _int_range("lottery.rounds", lo.rounds, 0, 100)

@@ -25,19 +25,26 @@ def round_table(metrics: list[dict]) -> str:
     """round | % remaining | early-stop it | test acc at it | max val acc | train acc | controls."""
     controls = _controls(metrics)
     header = ["round", "% remaining", "early-stop it", "test acc @ES", "max val acc",
-              "train acc", *(f"{c} acc @ES (it)" for c in controls)]
+              "train acc", "backend", "ms/it", *(f"{c} acc @ES (it)" for c in controls)]
     rows = []
     for m in metrics:
         t = m["ticket"]
         row = [str(m["round"]), f"{t['pct_remaining']:.1f}", str(t["early_stop_iteration"]),
                f"{100 * t['test_acc_at_early_stop']:.2f}", f"{100 * t['max_val_acc']:.2f}",
-               f"{100 * t['final_train_acc']:.2f}"]
+               f"{100 * t['final_train_acc']:.2f}", *backend_cells(t)]
         for c in controls:
             cm = m["controls"].get(c)
             row.append("-" if cm is None else
                        f"{100 * cm['test_acc_at_early_stop']:.2f} ({cm['early_stop_iteration']})")
         rows.append(row)
     return markdown_table(header, rows)
+
+
+def backend_cells(train_metrics: dict) -> list[str]:
+    """[backend, ms/iteration] of one trained model's metrics ("-" for runs stored before
+    rounds recorded them: those trained dense)."""
+    ms = train_metrics.get("ms_per_iteration")
+    return [train_metrics.get("backend", "-"), "-" if ms is None else f"{ms:.3f}"]
 
 
 def _mean_std(values: list[float]) -> str:

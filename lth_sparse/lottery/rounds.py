@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from lth_sparse.errors import RunStoreError
+from lth_sparse.errors import ConfigError, RunStoreError
 from lth_sparse.lottery.config import ExperimentConfig, derived_seed
 from lth_sparse.lottery.data import Dataset, load_data_for
 from lth_sparse.lottery.models import build_model
@@ -26,7 +26,7 @@ from lth_sparse.lottery.pruning import (
     sparsity_report,
 )
 from lth_sparse.lottery.store import Run, default_runs_dir
-from lth_sparse.lottery.training import TrainResult, train
+from lth_sparse.lottery.training import TrainerFactory, TrainResult, train
 
 
 def desired_remaining(cfg: ExperimentConfig, r: int) -> dict[str, float]:
@@ -46,12 +46,20 @@ def _metrics(result: TrainResult, report: dict) -> dict:
 
 def find_ticket(cfg: ExperimentConfig, runs_dir: str | Path | None = None, *,
                 data: Dataset | None = None, stop_after_round: int | None = None,
-                progress: bool | None = None, log: Callable[[str], None] = print) -> Run:
+                progress: bool | None = None, log: Callable[[str], None] = print,
+                trainer_factory: TrainerFactory | None = None) -> Run:
     """Run (or resume) the lottery for `cfg`; returns the run. Nothing is written for a bad config.
 
     stop_after_round: stop once that round is stored (to split long runs, or test resuming).
+    trainer_factory: builds the trainer of every model a round trains (see lottery.training);
+    the lottery itself only has the dense one, so None trains dense. lth_sparse.find_ticket and
+    the CLI pass the bridge's factory for cfg.train.backend (lth_sparse.bridge.trainers).
     """
     cfg.validate()
+    if trainer_factory is None and cfg.train.backend == "sparse":
+        raise ConfigError("train.backend 'sparse' needs the sparse trainer: call "
+                          "lth_sparse.find_ticket (or lth_sparse.bridge.trainers.find_ticket), "
+                          "which passes it, instead of lth_sparse.lottery.rounds.find_ticket")
     runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
     run = Run(runs_dir / cfg.run_id())
     if run.config_path.exists():
@@ -68,12 +76,13 @@ def find_ticket(cfg: ExperimentConfig, runs_dir: str | Path | None = None, *,
         log(f"resuming {run.path}: rounds 0..{done[-1]} already complete")
     last = cfg.lottery.rounds if stop_after_round is None else min(stop_after_round, cfg.lottery.rounds)
     for r in range(len(done), last + 1):
-        metrics = _run_round(cfg, run, r, data, progress)
+        metrics = _run_round(cfg, run, r, data, progress, trainer_factory)
         log(format_round(metrics))
     return run
 
 
-def _run_round(cfg: ExperimentConfig, run: Run, r: int, data: Dataset, progress) -> dict:
+def _run_round(cfg: ExperimentConfig, run: Run, r: int, data: Dataset, progress,
+               trainer_factory: TrainerFactory | None = None) -> dict:
     seed, k = cfg.train.seed, cfg.lottery.rewind_iteration
     data_seed = derived_seed(seed, r, "data")
     desired = desired_remaining(cfg, r)
@@ -83,7 +92,8 @@ def _run_round(cfg: ExperimentConfig, run: Run, r: int, data: Dataset, progress)
     if r == 0:
         init = get_params(model)
         result = train(model, data, cfg.train, data_seed=data_seed, capture_at=k or None,
-                       desc=f"{tag} dense", progress=progress, snapshot=get_params)
+                       desc=f"{tag} dense", progress=progress, snapshot=get_params,
+                       trainer_factory=trainer_factory)
         run.write_rewind(init if k == 0 else result.captured_params)
         report = sparsity_report(model, desired)
         state = {"masks": {}, "final": get_params(model), "early_stop": result.early_stop_params}
@@ -102,7 +112,8 @@ def _run_round(cfg: ExperimentConfig, run: Run, r: int, data: Dataset, progress)
     report = sparsity_report(model, desired)
     load_params(model, rewind)  # rewinding keeps the masks
     result = train(model, data, cfg.train, data_seed=data_seed, desc=f"{tag} ticket",
-                   progress=progress, snapshot=get_params)
+                   progress=progress, snapshot=get_params,
+                       trainer_factory=trainer_factory)
     state = {"masks": masks, "final": get_params(model), "early_stop": result.early_stop_params}
 
     controls = {}
@@ -119,7 +130,8 @@ def _run_round(cfg: ExperimentConfig, run: Run, r: int, data: Dataset, progress)
             set_masks(ctl, masks)
             load_params(ctl, prev["final"])
         ctl_result = train(ctl, data, cfg.train, data_seed=data_seed, desc=f"{tag} {control}",
-                           progress=progress, snapshot=get_params)
+                           progress=progress, snapshot=get_params,
+                       trainer_factory=trainer_factory)
         controls[control] = _metrics(ctl_result, sparsity_report(ctl, desired))
 
     metrics = {"round": r, "ticket": _metrics(result, report), "controls": controls,
@@ -136,6 +148,8 @@ def format_round(metrics: dict) -> str:
     line = (f"round {metrics['round']:2d}: {100 * s['remaining']:5.1f}% remaining (desired "
             f"{100 * s['desired']:.1f}%; {layers}) | early-stop it {t['early_stop_iteration']}, "
             f"test acc {100 * t['test_acc_at_early_stop']:.2f}%")
+    if t.get("ms_per_iteration") is not None:
+        line += f" | {t.get('backend', 'dense')} {t['ms_per_iteration']:.3f} ms/it"
     for name, c in metrics["controls"].items():
         line += f" | {name} {100 * c['test_acc_at_early_stop']:.2f}%"
     return line

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ class TrainResult:
     final_test_acc: float
     wall_time_s: float  # the training loop, periodic evaluations included
     iters_per_s: float  # training steps per second, evaluations excluded
+    backend: str = "dense"  # which trainer ran the steps ("dense" or "sparse")
     # raw parameters at the early-stop evaluation and, if asked, at the rewind iteration
     early_stop_params: Params = field(repr=False, default_factory=dict)
     captured_params: Params | None = field(repr=False, default=None)
@@ -55,7 +56,71 @@ class TrainResult:
         d.pop("early_stop_params")
         d.pop("captured_params")
         d["evals"] = [list(asdict(e).values()) for e in self.evals]
+        d["ms_per_iteration"] = 1000.0 / self.iters_per_s if self.iters_per_s > 0 else None
         return d
+
+
+class Stepper(Protocol):
+    """One way to train a model for `train`: it owns the optimizer (and may own a copy of the
+    parameters, e.g. the fused sparse trainer); `train` owns the minibatch order, the
+    evaluation schedule and early stopping, so every backend sees the same loop."""
+
+    backend: str
+
+    def step(self, idx: torch.Tensor) -> None:
+        """One optimizer step on the training rows idx (B,) int64."""
+
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        """(mean cross-entropy loss, accuracy) of the current parameters on a split."""
+
+    def snapshot(self) -> Params:
+        """A copy of the current parameters, as `snapshot(model)` gives them."""
+
+    def finish(self) -> None:
+        """Leave the trained parameters in the model."""
+
+
+# (model, data, train config, snapshot) -> the Stepper that trains it
+TrainerFactory = Callable[[torch.nn.Module, Dataset, TrainConfig, Callable], Stepper]
+
+
+class DenseStepper:
+    """The model itself (dense masked with torch.nn.utils.prune hooks) and torch.optim.Adam."""
+
+    backend = "dense"
+
+    def __init__(self, model, data: Dataset, cfg: TrainConfig,
+                 snapshot: Callable[[torch.nn.Module], Params],
+                 optimizer_factory: OptimizerFactory | None = None):
+        self.model, self._snapshot = model, snapshot
+        self.images, self.labels = data.train.images, data.train.labels
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = (
+            optimizer_factory(trainable) if optimizer_factory is not None
+            else (make_optimizer(trainable, cfg.lr), None))
+        model.train()
+
+    def step(self, idx: torch.Tensor) -> None:
+        out = self.model(self.images.index_select(0, idx))
+        loss = F.cross_entropy(out, self.labels.index_select(0, idx))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        return evaluate(self.model, split)
+
+    def snapshot(self) -> Params:
+        return self._snapshot(self.model)
+
+    def finish(self) -> None:
+        pass
+
+
+def dense_stepper(model, data: Dataset, cfg: TrainConfig, snapshot) -> DenseStepper:
+    return DenseStepper(model, data, cfg, snapshot)
 
 
 @torch.no_grad()
@@ -84,6 +149,7 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
 def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at: int | None = None,
           desc: str = "train", progress: bool | None = None,
           snapshot: Callable[[torch.nn.Module], Params],
+          trainer_factory: TrainerFactory | None = None,
           optimizer_factory: OptimizerFactory | None = None) -> TrainResult:
     """Train `model` in place for cfg.iterations minibatches with a fresh Adam optimizer.
 
@@ -91,57 +157,55 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
     iteration (0 = before the first step), for late rewinding. Evaluates at iteration 0, every
     cfg.eval_every iterations and at the end. `snapshot(model)` copies the parameters kept for
     early stopping and rewinding (for a pruned MLP: lth_sparse.lottery.pruning.get_params).
+    trainer_factory(model, data, cfg, snapshot) builds the Stepper that runs the steps (default:
+    dense, torch Adam on the model); the result records its `backend`.
     optimizer_factory(trainable parameters) -> (optimizer, per-iteration LR scheduler or None)
-    replaces the default Adam(cfg.lr) (supermask scores train with their own optimizer).
+    replaces the dense stepper's Adam(cfg.lr) (supermask scores train with their own optimizer).
     """
     if progress is None:
         progress = os.environ.get("TQDM_DISABLE", "0") in ("", "0")
     device = data.train.images.device
     sampler = BatchSampler(len(data.train), cfg.batch_size, data_seed, device=device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = (optimizer_factory(trainable) if optimizer_factory is not None
-                            else (make_optimizer(trainable, cfg.lr), None))
-    model.train()
+    if optimizer_factory is not None:
+        if trainer_factory is not None:
+            raise ValueError("train: give trainer_factory or optimizer_factory, not both")
+        stepper = DenseStepper(model, data, cfg, snapshot, optimizer_factory)
+    else:
+        stepper = (trainer_factory or dense_stepper)(model, data, cfg, snapshot)
 
     evals: list[EvalPoint] = []
     best: tuple[float, int, Params] | None = None
-    captured = snapshot(model) if capture_at == 0 else None
+    captured = stepper.snapshot() if capture_at == 0 else None
 
     eval_time = 0.0
 
     def run_eval(it: int) -> None:
         nonlocal best, eval_time
         t0 = time.perf_counter()
-        vl, va = evaluate(model, data.val)
-        tl, ta = evaluate(model, data.test)
+        vl, va = stepper.evaluate(data.val)
+        tl, ta = stepper.evaluate(data.test)
         evals.append(EvalPoint(it, vl, va, tl, ta))
         if best is None or vl < best[0]:
-            best = (vl, it, snapshot(model))
+            best = (vl, it, stepper.snapshot())
         bar.set_postfix(val_acc=f"{va:.4f}", test_acc=f"{ta:.4f}", refresh=False)
         eval_time += time.perf_counter() - t0
 
-    bar = tqdm(total=cfg.iterations, desc=desc, disable=not progress, unit="it",
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(total=cfg.iterations, desc=f"{desc} [{stepper.backend}]", disable=not progress,
+               unit="it", dynamic_ncols=True, leave=False)
     start = time.perf_counter()
     run_eval(0)
-    images, labels = data.train.images, data.train.labels
     for it in range(1, cfg.iterations + 1):
-        idx = sampler.next()
-        loss = F.cross_entropy(model(images.index_select(0, idx)), labels.index_select(0, idx))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        stepper.step(sampler.next())
         if capture_at == it:
-            captured = snapshot(model)
+            captured = stepper.snapshot()
         if it % cfg.eval_every == 0 or it == cfg.iterations:
             run_eval(it)
         bar.update(1)
     wall = time.perf_counter() - start
     bar.close()
 
-    _, train_acc = evaluate(model, data.train)
+    _, train_acc = stepper.evaluate(data.train)
+    stepper.finish()
     es = min(evals, key=lambda e: e.val_loss)
     return TrainResult(
         evals=evals,
@@ -153,6 +217,7 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
         final_test_acc=evals[-1].test_acc,
         wall_time_s=wall,
         iters_per_s=cfg.iterations / max(wall - eval_time, 1e-9),
+        backend=stepper.backend,
         early_stop_params=best[2],
         captured_params=captured,
     )
