@@ -7,6 +7,7 @@ evaluation with minimum validation loss, and the reported test accuracy is the o
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -22,6 +23,23 @@ from lth_sparse.lottery.data import BatchSampler, Dataset, Split
 Params = dict[str, torch.Tensor]
 
 EVAL_CHUNK = 10_000
+
+
+def progress_bar(total: int, desc: str, progress: bool | None = None, file=None) -> tqdm:
+    """A tqdm bar over `total` iterations, written to `file` (default: stderr).
+
+    progress: True always draws, False never; None (default) draws only when `file` is a
+    terminal (or a notebook) and TQDM_DISABLE is unset. Redirected to a log, tqdm's carriage-
+    return redraws are spam; there the one summary line per round (rounds.find_ticket's log)
+    is the progress report.
+    """
+    if progress is None:
+        stream = file if file is not None else sys.stderr
+        is_tty = getattr(stream, "isatty", None)
+        interactive = "notebook" in tqdm.__module__ or (callable(is_tty) and bool(is_tty()))
+        progress = interactive and os.environ.get("TQDM_DISABLE", "0") in ("", "0")
+    return tqdm(total=total, desc=desc, disable=not progress, unit="it", file=file,
+                dynamic_ncols=True, leave=False)
 
 
 @dataclass
@@ -89,9 +107,8 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
     iteration (0 = before the first step), for late rewinding. Evaluates at iteration 0, every
     cfg.eval_every iterations and at the end. `snapshot(model)` copies the parameters kept for
     early stopping and rewinding (for a pruned MLP: lth_sparse.lottery.pruning.get_params).
+    progress: the bar policy of progress_bar (None: only on a terminal).
     """
-    if progress is None:
-        progress = os.environ.get("TQDM_DISABLE", "0") in ("", "0")
     device = data.train.images.device
     sampler = BatchSampler(len(data.train), cfg.batch_size, data_seed, device=device)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
@@ -114,8 +131,7 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
         bar.set_postfix(val_acc=f"{va:.4f}", test_acc=f"{ta:.4f}", refresh=False)
         eval_time += time.perf_counter() - t0
 
-    bar = tqdm(total=cfg.iterations, desc=desc, disable=not progress, unit="it",
-               dynamic_ncols=True, leave=False)
+    bar = progress_bar(cfg.iterations, desc, progress)
     start = time.perf_counter()
     run_eval(0)
     images, labels = data.train.images, data.train.labels
