@@ -33,8 +33,18 @@ The JSON metadata document (format version 1):
     metadata         whatever the caller passed to save_ticket (source run, round, accuracy...)
 
 Writes are atomic (temp file in the destination folder, fsync, os.replace): a failed or
-interrupted save never leaves a half file and never clobbers an existing good one. Reads check
-everything (structure, checksums, CSR invariants, shapes) before returning anything.
+interrupted save never leaves a half file and never clobbers an existing good one; files get
+mode 0o666 minus the umask unless `mode=` restricts them.
+
+Reads treat the file as hostile and check everything before returning anything: the file size
+(before reading), the container headers (read bounded; safetensors tensors must tile the data
+block exactly; npz members are judged from their zip headers' uncompressed sizes and their .npy
+headers, compressed or not, before any data is inflated), the metadata against those headers
+and the limits (TicketLimits / MAX_* below: nothing proportional to a claimed shape or count is
+allocated before the claim is known to be backed by bytes and within limits), then checksums,
+then the CSR invariants (CSRMatrix.validate, their one home). Free-form provenance
+(created_by, metadata) is not checksummed. Every failure is a TicketFileError, or a CSRError
+for a CSR invariant, naming the problem.
 """
 from __future__ import annotations
 
@@ -495,7 +505,8 @@ def _read_safetensors(f, size: int, where: str, lim: TicketLimits):
 
 
 def _st_entry(info: dict) -> _Entry | None:
-    dtype = _ST_DTYPES.get(info.get("dtype"))
+    code = info.get("dtype")
+    dtype = _ST_DTYPES.get(code) if isinstance(code, str) else None
     shape, offs = info.get("shape"), info.get("data_offsets")
     if dtype is None or not _is_shape(shape):
         return None
