@@ -112,11 +112,23 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"--mode must be octal permission bits like 644 or 600, "
+                                         f"got {text!r}")
+    return mode
+
+
 def cmd_export(args) -> int:
     from lth_sparse.bridge.export import export_run
 
     paths = export_run(args.run, args.output, round_=args.round, sparsity=args.sparsity,
-                       weights=args.weights, fmt=args.format, runs_dir=args.runs_dir)
+                       weights=args.weights, fmt=args.format, runs_dir=args.runs_dir,
+                       mode=args.mode)
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -196,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("early-stop", "final"), default="early-stop",
                    help="which trained weights: at the early-stop iteration (whose accuracy the "
                         "round reports) or at the end of training")
+    p.add_argument("--mode", type=_octal_mode, default=0o666, metavar="OCTAL",
+                   help="permission bits of the written files before the umask, in octal "
+                        "(default 666, i.e. 644 under umask 022; 600 keeps them private)")
     _add_runs_dir(p)
     p.set_defaults(func=cmd_export)
 

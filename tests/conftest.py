@@ -7,6 +7,9 @@
   LTH_SPARSE_REQUIRE_DATA=1 (CI), where missing data is a failure.
 - LTH_SPARSE_REQUIRE_BACKENDS=1 (CI) stops the session at once if the C++ extension or the
   Triton backend cannot run, instead of letting their tests skip.
+- Property-based tests (hypothesis) run the "default" profile: few examples, a few seconds in
+  all, fit for CI. LTH_SPARSE_HYPOTHESIS_PROFILE=thorough runs many more (minutes).
+  Per-example deadlines are hang guards (generous: this machine is shared), not speed targets.
 """
 import os
 from pathlib import Path
@@ -19,6 +22,19 @@ if not torch.cuda.is_available():
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+try:
+    from datetime import timedelta
+
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=timedelta(seconds=20), print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("default", max_examples=20, derandomize=False, **_common)
+    settings.register_profile("thorough", max_examples=400, **_common)
+    settings.load_profile(os.environ.get("LTH_SPARSE_HYPOTHESIS_PROFILE", "default"))
+except ImportError:  # hypothesis is a dev dependency (make setup installs it); other tests still run
+    pass
 
 
 def _mnist_root() -> Path:

@@ -103,6 +103,42 @@ def test_find_ticket_on_mnist_learns_far_above_chance(mnist_run, capsys):
     assert "reinit acc @ES" in out and "% remaining" in out
 
 
+def _strings(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+@pytest.mark.mnist
+def test_export_metadata_holds_no_local_paths_and_honours_mode(mnist_run, mnist_dir, tmp_path):
+    out = tmp_path / "ticket.safetensors"
+    assert main(["export", str(mnist_run.path), "-o", str(out), "--format", "npz",
+                 "--mode", "600"]) == 0
+    for path in (out, out.with_suffix(".npz")):
+        assert path.stat().st_mode & 0o777 == 0o600
+    _, meta = read_ticket(out)
+    config = meta["metadata"]["config"]
+    assert "data_dir" not in config["data"]
+    assert config["data"]["dataset"] == mnist_run.read_config().data.dataset
+    local = (str(mnist_dir), str(mnist_dir.resolve()), str(mnist_run.path), str(tmp_path))
+    leaks = [s for s in _strings(meta) if s.startswith("/") or any(p in s for p in local)]
+    assert leaks == []
+
+
+def test_export_rejects_a_bad_mode(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(tmp_path), "-o", str(tmp_path / "t.safetensors"), "--mode", "rw-r"])
+    assert exc.value.code == 2
+    assert "--mode must be octal permission bits" in capsys.readouterr().err
+    assert _files(tmp_path) == []
+
+
 @pytest.mark.mnist
 def test_export_round_trip_matches_dense_masked_on_mnist(mnist_run, tmp_path):
     out = tmp_path / "ticket.safetensors"

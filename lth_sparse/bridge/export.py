@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from lth_sparse.errors import ConfigError, RunStoreError
+from lth_sparse.fileio import DEFAULT_MODE
 from lth_sparse.lottery.config import layer_names
 from lth_sparse.lottery.data import STATS
 from lth_sparse.lottery.store import Run, open_run
@@ -61,7 +62,13 @@ def ticket_layers(run: Run, r: int, weights: str = "early-stop"
 
 
 def ticket_metadata(run: Run, r: int, weights: str) -> dict:
+    """The provenance a ticket carries: source run and round, accuracy, input preprocessing, and
+    the experiment config minus machine-local paths (a ticket travels; the exporting machine's
+    data folder means nothing elsewhere and leaks its layout, so data.data_dir is dropped and
+    only the dataset name is kept)."""
     cfg = run.read_config()
+    config = cfg.to_dict()
+    config["data"].pop("data_dir", None)
     metrics = run.read_round_metrics(r)
     t = metrics["ticket"]
     mean, std = STATS[cfg.data.dataset]
@@ -74,15 +81,17 @@ def ticket_metadata(run: Run, r: int, weights: str) -> dict:
         # what a deployment must do to raw 28x28 uint8 images before the first layer
         "input": {"flatten": 784, "scale": 1 / 255,
                   "normalize": {"mean": mean, "std": std} if cfg.data.normalize else None},
-        "config": cfg.to_dict(),
+        "config": config,
     }
 
 
 def export_run(ref, output: str | Path, *, round_: int | None = None,
                sparsity: float | None = None, weights: str = "early-stop",
-               fmt: str = "safetensors", runs_dir=None) -> list[Path]:
+               fmt: str = "safetensors", runs_dir=None, mode: int = DEFAULT_MODE) -> list[Path]:
     """Export one round of a run as a ticket file; returns the written paths.
 
+    mode: permission bits of the written files before the umask (default 0o666, i.e. 0o644
+    under umask 022); e.g. 0o600 to keep them private.
     fmt "npz" writes the safetensors ticket at `output` and a scipy-readable .npz beside it.
     """
     if fmt not in ("safetensors", "npz"):
@@ -101,8 +110,9 @@ def export_run(ref, output: str | Path, *, round_: int | None = None,
             raise ConfigError(f"with --format npz, -o names the safetensors ticket and the .npz is "
                               f"written beside it; give -o {output.with_suffix('.safetensors')}")
         # the interop file first: if it fails, an existing ticket at `output` is untouched
-        save_ticket(npz, layers, activation="relu", metadata=meta, fmt="npz")
+        save_ticket(npz, layers, activation="relu", metadata=meta, fmt="npz", mode=mode)
         written.append(npz)
-    save_ticket(output, layers, activation="relu", metadata=meta, fmt="safetensors")
+    save_ticket(output, layers, activation="relu", metadata=meta, fmt="safetensors",
+                mode=mode)
     written.insert(0, output)
     return written

@@ -7,6 +7,7 @@ evaluation with minimum validation loss, and the reported test accuracy is the o
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
@@ -23,6 +24,23 @@ Params = dict[str, torch.Tensor]
 
 EVAL_CHUNK = 10_000
 OptimizerFactory = Callable[[list], "tuple[torch.optim.Optimizer, object | None]"]
+
+
+def progress_bar(total: int, desc: str, progress: bool | None = None, file=None) -> tqdm:
+    """A tqdm bar over `total` iterations, written to `file` (default: stderr).
+
+    progress: True always draws, False never; None (default) draws only when `file` is a
+    terminal (or a notebook) and TQDM_DISABLE is unset. Redirected to a log, tqdm's carriage-
+    return redraws are spam; there the one summary line per round (rounds.find_ticket's log)
+    is the progress report.
+    """
+    if progress is None:
+        stream = file if file is not None else sys.stderr
+        is_tty = getattr(stream, "isatty", None)
+        interactive = "notebook" in tqdm.__module__ or (callable(is_tty) and bool(is_tty()))
+        progress = interactive and os.environ.get("TQDM_DISABLE", "0") in ("", "0")
+    return tqdm(total=total, desc=desc, disable=not progress, unit="it", file=file,
+                dynamic_ncols=True, leave=False)
 
 
 @dataclass
@@ -161,9 +179,8 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
     dense, torch Adam on the model); the result records its `backend`.
     optimizer_factory(trainable parameters) -> (optimizer, per-iteration LR scheduler or None)
     replaces the dense stepper's Adam(cfg.lr) (supermask scores train with their own optimizer).
+    progress: the bar policy of progress_bar (None: only on a terminal).
     """
-    if progress is None:
-        progress = os.environ.get("TQDM_DISABLE", "0") in ("", "0")
     device = data.train.images.device
     sampler = BatchSampler(len(data.train), cfg.batch_size, data_seed, device=device)
     if optimizer_factory is not None:
@@ -190,8 +207,7 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
         bar.set_postfix(val_acc=f"{va:.4f}", test_acc=f"{ta:.4f}", refresh=False)
         eval_time += time.perf_counter() - t0
 
-    bar = tqdm(total=cfg.iterations, desc=f"{desc} [{stepper.backend}]", disable=not progress,
-               unit="it", dynamic_ncols=True, leave=False)
+    bar = progress_bar(cfg.iterations, f"{desc} [{stepper.backend}]", progress)
     start = time.perf_counter()
     run_eval(0)
     for it in range(1, cfg.iterations + 1):

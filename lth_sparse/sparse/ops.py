@@ -188,11 +188,12 @@ def spmm_t(dy: torch.Tensor, t_indptr: torch.Tensor, t_indices: torch.Tensor,
 
 def sddmm(dy: torch.Tensor, x: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor,
           backend: str = "auto", out: torch.Tensor | None = None,
-          out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+          out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Weight gradient at the nonzeros only: out[j] = sum_b dy[b, row_j] * x[b, col_j].
 
-    dy: (B, N), x: (B, K) same dtype; W's pattern is CSR (N, K). Returns (nnz,) in out_dtype
-    (fp32 by default: gradients of fp16/bf16 values are accumulated and returned in fp32).
+    dy: (B, N), x: (B, K) same dtype; W's pattern is CSR (N, K). Returns (nnz,) in out_dtype,
+    by default the accumulation dtype: float64 for float64 inputs, float32 for float32/float16/
+    bfloat16 (gradients of half-precision values are accumulated and returned in fp32).
     """
     _check_dense(dy, "dy", (None, None))
     _check_dense(x, "x", (dy.shape[0], None), dy.dtype)
@@ -205,6 +206,8 @@ def sddmm(dy: torch.Tensor, x: torch.Tensor, indptr: torch.Tensor, indices: torc
     _check_pattern(indptr, indices, x.shape[1], "sddmm weight pattern")
     device = _same_device(dy, x, indptr, indices)
     name = resolve_backend(backend, device, x.dtype)
+    if out_dtype is None:
+        out_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
     out = _out(out, (indices.numel(),), out_dtype, device)
     return BACKENDS[name].sddmm(dy.contiguous(), x.contiguous(), indptr, indices, out)
 

@@ -10,6 +10,7 @@ import torch
 
 from lth_sparse.errors import BackendUnavailableError, CSRError
 from lth_sparse.sparse import ops
+from tests.helpers import TOL, fresh_seed
 
 
 def _problem():
@@ -75,3 +76,24 @@ def test_uint16_indices_are_range_checked_too():
     with pytest.raises(CSRError, match=r"in \[0, 4\)"):
         ops.spmm(x, indptr, torch.tensor([0, 40000, 1], dtype=torch.int32).to(torch.uint16),
                  values, 3, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("dtype,expected", [(torch.float64, torch.float64),
+                                            (torch.float32, torch.float32),
+                                            (torch.float16, torch.float32),
+                                            (torch.bfloat16, torch.float32)])
+def test_sddmm_default_output_follows_the_accumulation_dtype(backend, dtype, expected):
+    if not ops.backend_status(backend)[0]:
+        pytest.skip(ops.backend_status(backend)[1])
+    g = torch.Generator().manual_seed(fresh_seed())
+    indptr = torch.tensor([0, 2, 2, 3], dtype=torch.int32)
+    indices = torch.tensor([0, 3, 1], dtype=torch.int32)
+    dy = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    out = ops.sddmm(dy.to(dtype), x.to(dtype), indptr, indices, backend=backend)
+    assert out.dtype == expected
+    # an fp64 gradient keeps fp64 precision (an fp32 result would be off by ~1e-8 here)
+    full = dy.to(dtype).double().T @ x.to(dtype).double()
+    want = full[[0, 0, 2], [0, 3, 1]]
+    torch.testing.assert_close(out.double(), want, **TOL[expected])
