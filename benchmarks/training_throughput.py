@@ -1,10 +1,14 @@
 """Training throughput: lth_sparse's in-memory loop vs a DataLoader loop with per-sample transforms.
 
 The "seed walkthrough" style (torchvision MNIST + ToTensor/Normalize per sample + DataLoader,
-batch 60) is what most LTH code does; lth_sparse indexes tensors that were loaded once. Both train
-a pruned LeNet-300-100 (torch.nn.utils.prune masks, Adam lr 1.2e-3, batch 60) and evaluate on
-validation (5K) and test (10K) every --eval-every iterations; both are timed side by side in one
-process. Writes a markdown table (and JSON) under --out-dir.
+batch 60) is what most LTH code does; lth_sparse indexes tensors that were loaded once. Each loop
+trains a pruned LeNet-300-100 (torch.nn.utils.prune masks, Adam lr 1.2e-3, batch 60) and
+evaluates on validation (5K) and test (10K) every --eval-every iterations; all are timed side by
+side in one process, for each --rounds-pruned (20% per round, output layer 10%: 1 round = 80%
+of the weights, 10 rounds = 10.7%). The in-memory loop runs twice: trained dense (torch Adam on
+the masked model) and trained by the fused sparse step (lth_sparse.bridge.trainers), which is
+what find-ticket's default `--train-backend auto` picks below the machine's break-even density.
+Writes a markdown table (and JSON) under --out-dir.
 
     python benchmarks/training_throughput.py --data-dir ../shared/data --iterations 1000
 """
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lth_sparse.bench.machine import check_clean_for_results, cpu_model, git_state
+from lth_sparse.bridge.trainers import trainer_factory
 from lth_sparse.errors import ConfigError
 from lth_sparse.fileio import atomic_write_bytes, atomic_write_json
 from lth_sparse.lottery.config import TrainConfig
@@ -31,13 +36,14 @@ from lth_sparse.lottery.training import train
 RATES = {"fc1": 0.2, "fc2": 0.2, "fc3": 0.1}
 
 
-def pruned_lenet(seed=0) -> MLP:
+def pruned_lenet(rounds: int, seed=0) -> MLP:
     model = MLP(seed=seed)
-    prune_round(model, "layerwise", RATES)
+    for _ in range(rounds):
+        prune_round(model, "layerwise", RATES)
     return model
 
 
-def dataloader_loop(data_dir: Path, iterations: int, eval_every: int) -> float:
+def dataloader_loop(data_dir: Path, iterations: int, eval_every: int, rounds: int) -> float:
     """Seconds for `iterations` steps of the DataLoader + per-sample-transform loop, evals included."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
@@ -49,7 +55,7 @@ def dataloader_loop(data_dir: Path, iterations: int, eval_every: int) -> float:
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(0)).tolist()
     train_set, val_set = Subset(full, perm[5000:]), Subset(full, perm[:5000])
     loader = DataLoader(train_set, batch_size=60, shuffle=True, drop_last=True)
-    model = pruned_lenet()
+    model = pruned_lenet(rounds)
     opt = torch.optim.Adam(model.parameters(), lr=1.2e-3)
 
     def evaluate(ds):
@@ -80,12 +86,15 @@ def dataloader_loop(data_dir: Path, iterations: int, eval_every: int) -> float:
     return time.perf_counter() - start
 
 
-def in_memory_loop(data, iterations: int, eval_every: int) -> float:
+def in_memory_loop(data, iterations: int, eval_every: int, rounds: int, backend: str) -> float:
     """Seconds of lth_sparse.lottery.training.train's loop (steps + evaluations at 0 and every N; its
-    closing train-set accuracy pass is outside the loop and not counted, as in the other loop)."""
-    model = pruned_lenet()
+    closing train-set accuracy pass is outside the loop and not counted, as in the other loop).
+    backend: "dense" (torch Adam on the masked model) or "sparse" (the fused sparse step)."""
+    model = pruned_lenet(rounds)
     cfg = TrainConfig(iterations=iterations, eval_every=eval_every)
-    return train(model, data, cfg, data_seed=0, progress=False, snapshot=get_params).wall_time_s
+    factory = trainer_factory(backend, log=lambda msg: None)
+    return train(model, data, cfg, data_seed=0, progress=False, snapshot=get_params,
+                 trainer_factory=factory).wall_time_s
 
 
 def main(argv=None) -> int:
@@ -94,6 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop")
+    ap.add_argument("--rounds-pruned", default="1,10",
+                    help="comma-separated pruning rounds of the trained network (default 1,10)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--allow-dirty", action="store_true",
@@ -108,33 +119,47 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     data_dir = resolve_data_dir(args.data_dir)
     data = load_mnist(data_dir)
-    ours, theirs = [], []
-    for _ in range(args.repeats):  # alternate so drifting machine load hits both alike
-        theirs.append(dataloader_loop(data_dir, args.iterations, args.eval_every))
-        ours.append(in_memory_loop(data, args.iterations, args.eval_every))
+    rounds_list = [int(r) for r in args.rounds_pruned.split(",")]
+    loops = ("dataloader", "dense", "sparse")
+    times = {(r, name): [] for r in rounds_list for name in loops}
+    for _ in range(args.repeats):  # alternate so drifting machine load hits every loop alike
+        for r in rounds_list:
+            times[(r, "dataloader")].append(dataloader_loop(data_dir, args.iterations,
+                                                            args.eval_every, r))
+            for backend in ("dense", "sparse"):
+                times[(r, backend)].append(in_memory_loop(data, args.iterations, args.eval_every,
+                                                          r, backend))
     ms = lambda xs: 1e3 * statistics.median(xs) / args.iterations
     spread = lambda xs: f"{1e3 * min(xs) / args.iterations:.2f}-{1e3 * max(xs) / args.iterations:.2f}"
     sha = state.label
     cpu = cpu_model()
-    ratio = statistics.median(theirs) / statistics.median(ours)
-    table = "\n".join([
-        "| loop | ms/iteration (median) | min-max | iterations/s |",
-        "|---|---:|---:|---:|",
-        f"| DataLoader + per-sample transforms (seed style) | {ms(theirs):.2f} | {spread(theirs)} | "
-        f"{1e3 / ms(theirs):.0f} |",
-        f"| lth_sparse in-memory tensors | {ms(ours):.2f} | {spread(ours)} | {1e3 / ms(ours):.0f} |",
-        f"| **speedup** | **{ratio:.1f}x** | | |",
-    ])
-    header = (f"# Training throughput, LeNet-300-100 (pruned 1 round), batch 60, Adam\n\n"
+    labels = {"dataloader": "DataLoader + per-sample transforms (seed style)",
+              "dense": "lth_sparse in-memory tensors, dense masked training",
+              "sparse": "lth_sparse in-memory tensors, fused sparse step"}
+    lines = ["| % weights remaining | loop | ms/iteration (median) | min-max | speedup vs DataLoader |",
+             "|---:|---|---:|---:|---:|"]
+    speedups = {}
+    for r in rounds_list:
+        remaining = 100 * pruned_lenet(r).layers[0].weight_mask.mean().item()
+        base = statistics.median(times[(r, "dataloader")])
+        for name in loops:
+            xs = times[(r, name)]
+            speedups[f"{r}:{name}"] = base / statistics.median(xs)
+            lines.append(f"| {remaining:.1f} | {labels[name]} | {ms(xs):.2f} | {spread(xs)} | "
+                         f"{base / statistics.median(xs):.1f}x |")
+    table = "\n".join(lines)
+    header = (f"# Training throughput, pruned LeNet-300-100, batch 60, Adam\n\n"
               f"Command: `python {' '.join(['benchmarks/training_throughput.py', *sys.argv[1:]])}`  \n"
               f"Machine: {cpu}, {args.threads} threads; torch {torch.__version__}; git {sha}; "
               f"{time.strftime('%Y-%m-%d %H:%M')}  \n"
               f"{args.iterations} iterations per run, evaluation (5K val + 10K test) at iteration 0 "
-              f"and every {args.eval_every} iterations included, {args.repeats} alternating runs each.\n\n")
+              f"and every {args.eval_every} iterations included, {args.repeats} alternating runs "
+              f"of each loop. % remaining is fc1's (fc3 is pruned at half the rate).\n\n")
     atomic_write_bytes(args.out_dir / "training_throughput.md", (header + table + "\n").encode())
     atomic_write_json(args.out_dir / "training_throughput.json", (
-        {"dataloader_s": theirs, "in_memory_s": ours, "iterations": args.iterations,
-         "eval_every": args.eval_every, "threads": args.threads, "speedup": ratio,
+        {"seconds": {f"{r}:{name}": xs for (r, name), xs in times.items()},
+         "speedup_vs_dataloader": speedups, "iterations": args.iterations,
+         "eval_every": args.eval_every, "threads": args.threads,
          "git": sha, "git_dirty": state.dirty, "torch": torch.__version__, "cpu": cpu}))
     print(header + table)
     return 0
