@@ -468,9 +468,10 @@ def _read_safetensors(f, size: int, where: str, lim: TicketLimits):
                           lim.max_layers)
     entries: dict[str, _Entry] = {}
     for key, info in header.items():
-        entry = _st_entry(info) if isinstance(info, dict) else None
-        if entry is None:
-            raise TicketFileError(f"{where} has a corrupt safetensors header entry for {key!r}")
+        entry = _st_entry(info) if isinstance(info, dict) else "it is not a JSON object"
+        if isinstance(entry, str):
+            raise TicketFileError(f"{where} has a corrupt safetensors header entry for "
+                                  f"{key!r:.80}: {entry}; export it again")
         entries[key] = entry
     # The tensors must tile the data block exactly: no gaps, no overlaps, no hidden bytes.
     end = 0
@@ -504,18 +505,22 @@ def _read_safetensors(f, size: int, where: str, lim: TicketLimits):
     return _assemble(meta, plan, fetch, where)
 
 
-def _st_entry(info: dict) -> _Entry | None:
+def _st_entry(info: dict) -> "_Entry | str":
+    """The entry a safetensors header describes, or why it cannot be one of a ticket's."""
     code = info.get("dtype")
     dtype = _ST_DTYPES.get(code) if isinstance(code, str) else None
     shape, offs = info.get("shape"), info.get("data_offsets")
-    if dtype is None or not _is_shape(shape):
-        return None
+    if dtype is None:
+        return f"dtype {code!r:.40} is not one of {', '.join(_ST_DTYPES)}"
+    if not _is_shape(shape):
+        return f"shape {shape!r:.80} is not a list of at most 2 non-negative ints"
     if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)
             and 0 <= offs[0] <= offs[1]):
-        return None
+        return f"data_offsets {offs!r:.80} are not [begin, end] with 0 <= begin <= end"
     nbytes = math.prod(shape) * dtype.itemsize
     if offs[1] - offs[0] != nbytes:
-        return None
+        return (f"shape {shape} of {code} needs {nbytes} bytes but data_offsets {offs} span "
+                f"{offs[1] - offs[0]}")
     return _Entry(dtype, tuple(shape), nbytes, offs[0])
 
 

@@ -16,7 +16,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given

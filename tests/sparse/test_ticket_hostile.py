@@ -262,7 +262,7 @@ def test_npz_member_whose_zip_header_understates_its_size(tmp_path, good_npz):
         info = z.getinfo("fc1.indptr.npy")
     # shrink the uncompressed size in the local and central headers: the npy header no longer fits
     for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
-        pos = data.find(sig + b"", 0)
+        pos = data.find(sig)
         while pos >= 0:
             name_len = struct.unpack_from("<H", data, pos + (26 if sig == b"PK\x03\x04" else 28))[0]
             start = pos + (30 if sig == b"PK\x03\x04" else 46)
