@@ -61,8 +61,9 @@ class PruneConfig:
     layer_rates: dict[str, float] = _help(
         "per-layer overrides of the per-round rate, e.g. fc1=0.3,fc3=0.05", default_factory=dict)
     target_sparsity: float | None = _help(
-        "reach this final sparsity in `rounds` rounds: per-round rate 1-(1-p)^(1/rounds) for every "
-        "layer (overrides rate/output_rate)", default=None)
+        "reach this final sparsity of the hidden layers in `rounds` rounds: per-round rate "
+        "q = 1-(1-p)^(1/rounds), the output layer at half of it, q/2, as the paper's 20%/10% "
+        "(overrides rate/output_rate; layer_rates still override it)", default=None)
     prune_bias: bool = _help("prune biases too (off in the paper)", default=False)
 
 
@@ -142,7 +143,8 @@ class ExperimentConfig:
         if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
             raise ConfigError(f"train.lr must be a positive number, got {t.lr!r}")
         _int_range("lottery.rounds", lo.rounds, 0, 100)
-        _int_range("lottery.rewind_iteration", lo.rewind_iteration, 0, t.iterations)
+        # a rewound round trains iterations k+1..T, so k = T would leave nothing to train
+        _int_range("lottery.rewind_iteration", lo.rewind_iteration, 0, t.iterations - 1)
         for c in lo.controls:
             _choice("lottery.controls", c, CONTROLS)
         return self
@@ -181,12 +183,20 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------------ derived schedule
     def per_round_rates(self) -> dict[str, float]:
-        """Per-round pruning rate of each weight layer ("fc1".."fcN")."""
+        """Per-round pruning rate of each weight layer ("fc1".."fcN").
+
+        With target_sparsity p over R rounds the hidden layers lose q = 1-(1-p)^(1/R) of their
+        survivors per round and the output layer q/2 -- the same half rate the iterative schedule
+        uses (20%/10%), one-shot (R = 1) included: hidden layers end at sparsity p, the output
+        layer at 1-(1-q/2)^R (p/2 one-shot).
+        """
         p = self.prune
         names = layer_names(len(self.model.hidden) + 1)
         if p.target_sparsity is not None:
             rounds = max(self.lottery.rounds, 1)
-            base = {n: 1.0 - (1.0 - p.target_sparsity) ** (1.0 / rounds) for n in names}
+            q = 1.0 - (1.0 - p.target_sparsity) ** (1.0 / rounds)
+            base = {n: q for n in names}
+            base[names[-1]] = q / 2.0
         else:
             base = {n: p.rate for n in names}
             base[names[-1]] = p.output_rate

@@ -145,6 +145,19 @@ class BatchSampler:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g).to(self.device)
 
+    def seek(self, batches: int) -> "BatchSampler":
+        """Position the sampler as if `batches` batches had been drawn (O(1), no replay), so a
+        run resumed or rewound to iteration k continues the data order at batch k + 1."""
+        if batches < 0:
+            raise ValueError(f"cannot seek to a negative batch count ({batches})")
+        per_epoch = self.n // self.batch_size
+        if per_epoch == 0:
+            raise ValueError(f"batch size {self.batch_size} exceeds the {self.n} samples")
+        self.epoch, done = divmod(batches, per_epoch)
+        self.pos = done * self.batch_size
+        self._perm = self._permutation(self.epoch)
+        return self
+
     def next(self) -> torch.Tensor:
         if self.pos + self.batch_size > self.n:  # drop the ragged tail: every batch is full
             self.epoch += 1

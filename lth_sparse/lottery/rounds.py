@@ -6,6 +6,11 @@ fresh optimizer. Controls run beside each round on the same masks and data order
 up: `reinit` (same mask, new init from the same scheme), `random_prune` (random mask with the same
 per-layer counts, same rewind weights), `finetune` (same mask, no rewinding: continue from round
 r-1's trained weights). Every round is stored before the next begins; re-running resumes.
+
+Late rewinding (lottery.rewind_iteration k > 0): round 0 trains the full T = train.iterations and
+keeps the weights of iteration k. Every later round -- ticket and controls alike -- restarts at
+iteration k and trains the remaining T - k iterations, taking batches k+1..T of its round's data
+order, so each round runs the same T-iteration schedule as the dense one (not k + T).
 """
 from __future__ import annotations
 
@@ -111,9 +116,10 @@ def _run_round(cfg: ExperimentConfig, run: Run, r: int, data: Dataset, progress,
     masks = get_masks(model)
     report = sparsity_report(model, desired)
     load_params(model, rewind)  # rewinding keeps the masks
-    result = train(model, data, cfg.train, data_seed=data_seed, desc=f"{tag} ticket",
+    result = train(model, data, cfg.train, data_seed=data_seed, start_iteration=k,
+                   desc=f"{tag} ticket",
                    progress=progress, snapshot=get_params,
-                       trainer_factory=trainer_factory)
+                   trainer_factory=trainer_factory)
     state = {"masks": masks, "final": get_params(model), "early_stop": result.early_stop_params}
 
     controls = {}
@@ -129,9 +135,11 @@ def _run_round(cfg: ExperimentConfig, run: Run, r: int, data: Dataset, progress,
             ctl = build_model(cfg)
             set_masks(ctl, masks)
             load_params(ctl, prev["final"])
-        ctl_result = train(ctl, data, cfg.train, data_seed=data_seed, desc=f"{tag} {control}",
+        # same schedule and batches as the ticket: the controls pair up with it
+        ctl_result = train(ctl, data, cfg.train, data_seed=data_seed, start_iteration=k,
+                           desc=f"{tag} {control}",
                            progress=progress, snapshot=get_params,
-                       trainer_factory=trainer_factory)
+                           trainer_factory=trainer_factory)
         controls[control] = _metrics(ctl_result, sparsity_report(ctl, desired))
 
     metrics = {"round": r, "ticket": _metrics(result, report), "controls": controls,

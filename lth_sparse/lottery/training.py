@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclasses_fields
 from typing import Callable, Protocol
 
 import torch
@@ -67,15 +68,23 @@ class TrainResult:
     # raw parameters at the early-stop evaluation and, if asked, at the rewind iteration
     early_stop_params: Params = field(repr=False, default_factory=dict)
     captured_params: Params | None = field(repr=False, default=None)
+    # first iteration of this training: 0, or the rewind iteration k of a late-rewound round
+    start_iteration: int = 0
 
     def metrics(self) -> dict:
-        """JSON-able summary (no tensors)."""
+        """JSON-able summary (no tensors). `evals` is the whole evaluation curve, one row per
+        evaluation in the order of `eval_columns` (older metrics.json files lack that key; their
+        rows have the same order)."""
         d = asdict(self)
         d.pop("early_stop_params")
         d.pop("captured_params")
         d["evals"] = [list(asdict(e).values()) for e in self.evals]
+        d["eval_columns"] = EVAL_COLUMNS
         d["ms_per_iteration"] = 1000.0 / self.iters_per_s if self.iters_per_s > 0 else None
         return d
+
+
+EVAL_COLUMNS = [f.name for f in dataclasses_fields(EvalPoint)]
 
 
 class Stepper(Protocol):
@@ -165,24 +174,31 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
 
 
 def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at: int | None = None,
-          desc: str = "train", progress: bool | None = None,
+          start_iteration: int = 0, desc: str = "train", progress: bool | None = None,
           snapshot: Callable[[torch.nn.Module], Params],
           trainer_factory: TrainerFactory | None = None,
           optimizer_factory: OptimizerFactory | None = None) -> TrainResult:
-    """Train `model` in place for cfg.iterations minibatches with a fresh Adam optimizer.
+    """Train `model` in place up to iteration cfg.iterations (T) with a fresh optimizer.
 
-    data_seed fixes the minibatch order. capture_at: also return the raw parameters at that
-    iteration (0 = before the first step), for late rewinding. Evaluates at iteration 0, every
-    cfg.eval_every iterations and at the end. `snapshot(model)` copies the parameters kept for
-    early stopping and rewinding (for a pruned MLP: lth_sparse.lottery.pruning.get_params).
+    data_seed fixes the minibatch order. start_iteration k: the model holds the weights of
+    iteration k (late rewinding), so it trains the T - k remaining iterations k+1..T of the same
+    schedule, taking batches k+1..T of the data order -- the total schedule stays T iterations,
+    as in Frankle et al. (2019/2020), not k + T. capture_at: also return the raw parameters at that
+    iteration (0 = before the first step), for late rewinding. Evaluates at start_iteration, at
+    every multiple of cfg.eval_every and at T; iterations in the results are absolute (k..T).
+    `snapshot(model)` copies the parameters kept for early stopping and rewinding (for a pruned
+    MLP: lth_sparse.lottery.pruning.get_params).
     trainer_factory(model, data, cfg, snapshot) builds the Stepper that runs the steps (default:
     dense, torch Adam on the model); the result records its `backend`.
     optimizer_factory(trainable parameters) -> (optimizer, per-iteration LR scheduler or None)
     replaces the dense stepper's Adam(cfg.lr) (supermask scores train with their own optimizer).
     progress: the bar policy of progress_bar (None: only on a terminal).
     """
+    if not 0 <= start_iteration < cfg.iterations:
+        raise ValueError(f"start_iteration must be in [0, {cfg.iterations}), got {start_iteration}")
     device = data.train.images.device
     sampler = BatchSampler(len(data.train), cfg.batch_size, data_seed, device=device)
+    sampler.seek(start_iteration)
     if optimizer_factory is not None:
         if trainer_factory is not None:
             raise ValueError("train: give trainer_factory or optimizer_factory, not both")
@@ -192,7 +208,7 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
 
     evals: list[EvalPoint] = []
     best: tuple[float, int, Params] | None = None
-    captured = stepper.snapshot() if capture_at == 0 else None
+    captured = stepper.snapshot() if capture_at == start_iteration else None
 
     eval_time = 0.0
 
@@ -207,10 +223,10 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
         bar.set_postfix(val_acc=f"{va:.4f}", test_acc=f"{ta:.4f}", refresh=False)
         eval_time += time.perf_counter() - t0
 
-    bar = progress_bar(cfg.iterations, f"{desc} [{stepper.backend}]", progress)
+    bar = progress_bar(cfg.iterations - start_iteration, f"{desc} [{stepper.backend}]", progress)
     start = time.perf_counter()
-    run_eval(0)
-    for it in range(1, cfg.iterations + 1):
+    run_eval(start_iteration)
+    for it in range(start_iteration + 1, cfg.iterations + 1):
         stepper.step(sampler.next())
         if capture_at == it:
             captured = stepper.snapshot()
@@ -232,8 +248,9 @@ def train(model, data: Dataset, cfg: TrainConfig, *, data_seed: int, capture_at:
         final_train_acc=train_acc,
         final_test_acc=evals[-1].test_acc,
         wall_time_s=wall,
-        iters_per_s=cfg.iterations / max(wall - eval_time, 1e-9),
+        iters_per_s=(cfg.iterations - start_iteration) / max(wall - eval_time, 1e-9),
         backend=stepper.backend,
         early_stop_params=best[2],
         captured_params=captured,
+        start_iteration=start_iteration,
     )

@@ -195,9 +195,11 @@ def test_bias_pruning_is_optional():
 def test_per_round_rate_from_target_sparsity():
     cfg = tiny_config(prune__target_sparsity=0.9, lottery__rounds=3)
     rates = cfg.per_round_rates()
-    assert all(abs((1 - r) ** 3 - 0.1) < 1e-12 for r in rates.values())
+    q = 1 - 0.1 ** (1 / 3)
+    assert all(abs(rates[n] - q) < 1e-12 for n in ("fc1", "fc2"))
+    assert abs(rates["fc3"] - q / 2) < 1e-12  # the output layer at half the hidden rate
     one_shot = tiny_config(prune__target_sparsity=0.9, lottery__rounds=1).per_round_rates()
-    assert all(abs(r - 0.9) < 1e-12 for r in one_shot.values())
+    assert abs(one_shot["fc1"] - 0.9) < 1e-12 and abs(one_shot["fc3"] - 0.45) < 1e-12
 
 
 def test_paper_schedule_remaining_fractions():
