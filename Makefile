@@ -31,7 +31,7 @@ $(STAMP): $(SOURCES)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC) numpy scipy tqdm "safetensors>=0.4" matplotlib \
 	    "pybind11>=2.11" cmake setuptools wheel pytest pytest-benchmark "hypothesis>=6"
-	$(PY) -m pip install -q --no-build-isolation -e '.[dev,bench]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev,bench,sweep]'
 	$(PY) -c "import lth_sparse; print('lth_sparse', lth_sparse.__version__, lth_sparse.build_info())"
 	touch $@
 

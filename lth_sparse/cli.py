@@ -1,4 +1,5 @@
-"""`lth-sparse` command line: find-ticket, find-supermask, show, export, train-ticket, bench, demo, info.
+"""`lth-sparse` command line: find-ticket, find-supermask, sweep, report, show, export,
+train-ticket, bench, demo, info.
 
 Every experiment option comes from the config dataclasses (lth_sparse.lottery.config): defaults, then a
 --config file (JSON or TOML), then flags. Errors a user can cause print one line and exit 2.
@@ -123,6 +124,41 @@ def _octal_mode(text: str) -> int:
     return mode
 
 
+def cmd_sweep(args) -> int:
+    from lth_sparse.lottery import sweep
+
+    grid = sweep.apply_overrides(sweep.load_grid(args.grid), args.set or [])
+    if args.dry_run:
+        plan = sweep.plan_sweep(sweep.expand_grid(grid))
+        if args.ms_per_iteration is not None:
+            ms_it, ms_eval, source = args.ms_per_iteration, args.ms_per_eval, "given"
+        else:
+            ms_it, ms_eval = sweep.measure_ms_per_iteration(plan.cells[0].config)
+            source = "measured here on cell 0's model, one process; --ms-per-iteration overrides"
+        print(sweep.format_plan(plan, ms_it, ms_eval, args.workers, source))
+        return 0
+    from lth_sparse.bridge.trainers import find_ticket  # each cell honours --train-backend
+
+    result = sweep.run_sweep(grid, args.runs_dir, executor=args.executor, workers=args.workers,
+                             address=args.address, num_gpus=args.gpus_per_cell,
+                             max_retries=args.max_retries, find_ticket=find_ticket)
+    return 1 if result.failed else 0
+
+
+def cmd_report(args) -> int:
+    from lth_sparse.lottery.sweep import read_manifest
+    from lth_sparse.lottery.sweep_report import write_report
+
+    out = args.output
+    if out is None:
+        manifest = read_manifest(args.refs[0], args.runs_dir) if len(args.refs) == 1 else None
+        out = Path(manifest["path"]).parent / "report" if manifest else Path("report")
+    files = write_report(args.refs, out, args.runs_dir)
+    for path in files.values():
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from lth_sparse.bridge.export import export_run
 
@@ -190,6 +226,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, SupermaskConfig, hidden=frozenset({"prune", "lottery", "train.lr"}))
     _add_runs_dir(p)
     p.set_defaults(func=cmd_find_supermask)
+
+
+    p = sub.add_parser("sweep", help="run a grid of experiments (resumable, shared prefixes)",
+                       description="Every cell of GRID.toml is an ordinary run in the store: "
+                                   "finished cells are skipped, a killed sweep resumes, and "
+                                   "cells that share their first rounds compute them once.")
+    p.add_argument("grid", help="grid file: [base] config sections, [axes], optional [[zip]]")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local process pool (default) or Ray tasks (pip install ray)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="cells trained at once; each local worker gets cores/N threads")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local one)")
+    p.add_argument("--gpus-per-cell", type=float, default=0.0, help="Ray num_gpus per cell")
+    p.add_argument("--max-retries", type=int, default=3,
+                   help="Ray: times a cell is retried when its worker process dies")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a [base] field or replace an axis' values (JSON), e.g. "
+                        "--set train.iterations=300 --set 'train.seed=[0,1]'; repeatable")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list cells, shared prefixes and an estimated time; train nothing")
+    p.add_argument("--ms-per-iteration", type=float, default=None,
+                   help="for --dry-run: training ms/iteration (default: measured here)")
+    p.add_argument("--ms-per-eval", type=float, default=0.0,
+                   help="for --dry-run with --ms-per-iteration: ms per validation+test evaluation")
+    _add_runs_dir(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="markdown tables + PNG figures of a sweep or of runs")
+    p.add_argument("refs", nargs="+", metavar="SWEEP|RUN",
+                   help="a sweep name (or its folder), or run directories / ids")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="output folder (default: <runs>/sweeps/<name>/report, or ./report)")
+    _add_runs_dir(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("show", help="per-round table of one or more runs (no run: list runs)")
     p.add_argument("runs", nargs="*", help="run directories or run ids (prefixes work)")

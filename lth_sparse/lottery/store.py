@@ -121,6 +121,31 @@ class Run:
     def all_metrics(self) -> list[dict]:
         return [self.read_round_metrics(r) for r in self.completed_rounds()]
 
+    def adopt_rounds(self, donor: "Run", n_rounds: int) -> int:
+        """Give this run rounds 0..n_rounds-1 (and the rewind weights) of `donor`, which computed
+        them already; returns how many rounds were added. The caller has checked that both
+        experiments define those rounds identically (lth_sparse.lottery.sweep.shared_rounds).
+
+        Files are hard-linked (copied across file systems): the store never writes a file in
+        place -- every write is an os.replace -- so a later write to either run cannot reach the
+        other. Rounds this run completed itself are kept; each adopted round is linked
+        state.pt first and metrics.json last, so an interrupted adoption leaves no round that
+        looks complete without being so.
+        """
+        have = len(self.completed_rounds())
+        donor_done = len(donor.completed_rounds())
+        if n_rounds > donor_done:
+            raise RunStoreError(f"{donor.path} has {donor_done} complete rounds, cannot share "
+                                f"{n_rounds}")
+        if have >= n_rounds:
+            return 0
+        if not self.rewind_path.is_file():
+            _link_or_copy(donor.rewind_path, self.rewind_path)
+        for r in range(have, n_rounds):
+            for name in ("state.pt", "metrics.json"):
+                _link_or_copy(donor.round_dir(r) / name, self.round_dir(r) / name)
+        return n_rounds - have
+
     def write_rewind(self, params: dict) -> None:
         atomic_torch_save(self.rewind_path, params)
 
@@ -139,6 +164,27 @@ def config_class(kind: str) -> type[ExperimentConfig]:
         return SupermaskConfig
     raise ConfigError(f"unknown run kind {kind!r} (ticket or supermask); this run was written "
                       "by another lth_sparse version")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link src to dst atomically (through a temp name and os.replace); copy if the file
+    systems differ or do not support links."""
+    import shutil
+    import tempfile
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _load(path: Path, fix: str) -> dict:
