@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from lth_sparse.bench.machine import machine_info
+from lth_sparse.bench.machine import check_clean_for_results, git_state, machine_info
 from lth_sparse.bridge.trainers import DenseStepper, SparseStepper, find_ticket
+from lth_sparse.errors import ConfigError
 from lth_sparse.fileio import atomic_write_bytes, atomic_write_json
 from lth_sparse.lottery.config import ExperimentConfig, TrainConfig
 from lth_sparse.lottery.data import Dataset, Split
@@ -179,7 +180,14 @@ def main(argv=None) -> int:
     for q in (s, i):
         q.add_argument("--threads", type=int, default=2)
         q.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/training_step"))
+        q.add_argument("--allow-dirty", action="store_true",
+                       help="write into benchmarks/results/ from a git tree with uncommitted changes")
     args = p.parse_args(argv)
+    try:  # committed numbers must match the commit they name
+        check_clean_for_results(args.out_dir, git_state(), args.allow_dirty)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     result = mode_step(args) if args.mode == "step" else mode_imp(args)
     result["machine"] = machine_info("cpu")
     args.out_dir.mkdir(parents=True, exist_ok=True)
