@@ -58,7 +58,9 @@ PRECISION_NAMES: dict[torch.dtype, str] = {
 # loss: per-step mean cross-entropy within the pointwise window. eval_loss_sum: the summed
 # cross-entropy over an evaluation set. imp_accuracy: one IMP round trained dense
 # vs sparse from the same seed (atol in accuracy as a fraction: 0.1 points; early-stop
-# iteration equal).
+# iteration equal). one_step_update: normwise ||dw - dw_ref|| / ||dw_ref|| of one step's update
+# per layer (rtol), for whole networks where a handful of the 235K weights have eps-sized
+# gradients (dense LeNet on random data, batch 60: 5 weights off by up to 2.5e-5, normwise 5e-5).
 TRAINING_TOLERANCES: dict[str, Tolerance] = {
     "one_step": Tolerance(rtol=1e-4, atol=2e-5),
     "many_steps": Tolerance(rtol=0.0, atol=1e-4),
@@ -67,6 +69,7 @@ TRAINING_TOLERANCES: dict[str, Tolerance] = {
     "loss": Tolerance(rtol=1e-4, atol=1e-4),
     "eval_loss_sum": Tolerance(rtol=1e-5, atol=1e-3),
     "imp_accuracy": Tolerance(rtol=0.0, atol=1e-3),
+    "one_step_update": Tolerance(rtol=1e-3, atol=0.0),
 }
 
 
