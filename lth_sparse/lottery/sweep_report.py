@@ -143,6 +143,43 @@ def cells_table(runs: list[RunData]) -> str:
                            "ticket test acc @ES (last)"], rows)
 
 
+ROUND_COLUMNS = ["run", "seed", "round", "kind", "pct_remaining", "early_stop_iteration",
+                 "test_acc_at_early_stop", "max_val_acc", "final_train_acc", "backend",
+                 "ms_per_iteration", "wall_time_s"]
+
+
+def round_rows(runs: list[RunData]) -> list[dict]:
+    """The raw numbers: one row per run, round and kind (ticket or control), every stored round
+    (a target-sparsity run's intermediate rounds included), in ROUND_COLUMNS."""
+    rows = []
+    for r in runs:
+        for m in r.metrics:
+            pct = m["ticket"]["pct_remaining"]
+            for kind, res in [("ticket", m["ticket"]), *m["controls"].items()]:
+                ms = res.get("ms_per_iteration")
+                rows.append({"run": r.run_id, "seed": r.config.train.seed, "round": m["round"],
+                             "kind": kind, "pct_remaining": round(pct, 4),
+                             "early_stop_iteration": res["early_stop_iteration"],
+                             "test_acc_at_early_stop": res["test_acc_at_early_stop"],
+                             "max_val_acc": res["max_val_acc"],
+                             "final_train_acc": res.get("final_train_acc"),
+                             "backend": res.get("backend", "dense"),
+                             "ms_per_iteration": None if ms is None else round(ms, 4),
+                             "wall_time_s": round(res.get("wall_time_s", 0.0), 2)})
+    return rows
+
+
+def rounds_csv(runs: list[RunData]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=ROUND_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(round_rows(runs))
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------------- figures
 
 def _plt():
@@ -325,7 +362,8 @@ def load_report_runs(refs: list[str], runs_dir=None) -> tuple[str, list[RunData]
 
 
 def write_report(refs: list[str], out_dir: str | Path, runs_dir=None) -> dict[str, Path]:
-    """report.md + accuracy.png, early_stop.png, curves.png, parallel.png in out_dir."""
+    """report.md, rounds.csv (round_rows) + accuracy.png, early_stop.png, curves.png,
+    parallel.png in out_dir."""
     title, runs = load_report_runs(refs, runs_dir)
     out = Path(out_dir)
     with_metrics = [r for r in runs if r.metrics]
@@ -347,6 +385,10 @@ def write_report(refs: list[str], out_dir: str | Path, runs_dir=None) -> dict[st
     for name, path in files.items():
         text += [f"![{name}]({path.name})", ""]
     from lth_sparse.fileio import atomic_write_bytes
+    if with_metrics:
+        files["rounds"] = out / "rounds.csv"
+        atomic_write_bytes(files["rounds"], rounds_csv(with_metrics).encode())
+        text += ["Every round of every run (ticket and controls): [rounds.csv](rounds.csv).", ""]
     files["report"] = out / "report.md"
     atomic_write_bytes(files["report"], "\n".join(text).encode())
     return files

@@ -36,7 +36,7 @@ def swept(tmp_path_factory):
 def test_report_writes_tables_and_figures(swept, tmp_path):
     runs, result = swept
     files = write_report(["mini"], tmp_path / "out", runs_dir=runs)
-    assert set(files) == {"accuracy", "early_stop", "curves", "parallel", "report"}
+    assert set(files) == {"accuracy", "early_stop", "curves", "parallel", "report", "rounds"}
     for name in ("accuracy", "early_stop", "curves", "parallel"):
         data = files[name].read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 10_000, name
@@ -44,6 +44,28 @@ def test_report_writes_tables_and_figures(swept, tmp_path):
     assert "![accuracy](accuracy.png)" in text and "8 runs (8 done)" in text
     for cell in result.cells:
         assert cell.run_id in text
+
+
+def test_rounds_csv_holds_every_stored_round_of_every_kind(swept, tmp_path):
+    import csv
+
+    runs, result = swept
+    path = write_report(["mini"], tmp_path, runs_dir=runs)["rounds"]
+    rows = list(csv.DictReader(path.open()))
+    by_key = {(r["run"], int(r["round"]), r["kind"]): r for r in rows}
+    expected = 0
+    for cell in result.cells:
+        run = Run(runs / cell.run_id)
+        for rnd in range(cell.rounds + 1):
+            m = run.read_round_metrics(rnd)
+            for kind, res in [("ticket", m["ticket"]), *m["controls"].items()]:
+                expected += 1
+                row = by_key[(cell.run_id, rnd, kind)]
+                assert float(row["test_acc_at_early_stop"]) == res["test_acc_at_early_stop"]
+                assert int(row["early_stop_iteration"]) == res["early_stop_iteration"]
+                assert row["backend"] == res.get("backend", "dense")
+                assert int(row["seed"]) == cell.config.train.seed
+    assert len(rows) == expected  # cells sharing a round each list it: rows are per run
 
 
 def test_summary_rows_are_the_mean_and_std_over_seeds(swept, tmp_path):
