@@ -376,10 +376,17 @@ class SparseMLP(nn.Module):
         # Direct dict reads: nn.Module.__getattr__ costs ~0.3 us each, and at batch 1 the
         # whole native forward of a LeNet ticket takes about 10 us.
         layers = list(self._modules["layers"]._modules.values())
-        if not torch.compiler.is_compiling() and not self._records_graph(x, layers):
-            plan = self._inference_plan(x, layers)
-            if plan is not None:
-                return plan(x)
+        if not torch.compiler.is_compiling():
+            if not self._records_graph(x, layers):
+                plan = self._inference_plan(x, layers)
+                if plan is not None:
+                    return plan(x)
+            else:
+                # A training forward: an optimizer step may follow that updates the values in
+                # place without bumping their version counters (torch's fused Adam does not),
+                # which the plan's owning engine would not see. The next inference call
+                # rebuilds it (O(nnz)).
+                self.__dict__.pop("_plan", None)
         for layer in layers:
             x = layer(x)
         return x

@@ -422,8 +422,8 @@ def test_batch_one_skips_zero_and_background_inputs_exactly(kind):
 
 def test_sparse_mlp_inference_sees_fused_optimizer_steps():
     """Fused Adam updates parameters in place without bumping their version counters, so the
-    cached engine must read the live values (it borrows them), as sparse training's
-    evaluations between steps rely on."""
+    cached (owning) engine must not outlive a training forward: the plan is dropped and rebuilt,
+    as sparse training's evaluations between steps rely on."""
     g = torch.Generator().manual_seed(fresh_seed())
     _, model = _mlp(g)
     x = torch.randn(1, 784, generator=g) * (torch.rand(1, 784, generator=g) < 0.2)
@@ -435,7 +435,24 @@ def test_sparse_mlp_inference_sees_fused_optimizer_steps():
         pytest.skip("this torch has no fused CPU Adam")
     model(torch.randn(8, 784, generator=g)).square().sum().backward()
     opt.step()
+    assert "_plan" not in model.__dict__  # the training forward dropped it
     ref_model = copy.deepcopy(model).set_backend("reference")
     for batch_x in (x, torch.randn(5, 784, generator=g)):
         with torch.no_grad():
             torch.testing.assert_close(model(batch_x), ref_model(batch_x), **F32)
+
+
+def test_sparse_mlp_inference_plan_owns_its_arrays():
+    """SparseMLP's cached engine copies the arrays (so its batch-1 path can skip zero inputs)
+    and sees an in-place edit through the version counter, by rebuilding."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    _, model = _mlp(g)
+    x = torch.randn(1, 784, generator=g) * (torch.rand(1, 784, generator=g) < 0.2)
+    with torch.no_grad():
+        model(x)
+        plan = model.__dict__["_plan"].plan
+        assert getattr(plan, "copies", True), "the inference engine should own its arrays"
+        next(iter(model.layers.values())).values.mul_(2.0)  # bumps the version counter
+        ref = copy.deepcopy(model).set_backend("reference")
+        torch.testing.assert_close(model(x), ref(x), **F32)
+        assert model.__dict__["_plan"].plan is not plan

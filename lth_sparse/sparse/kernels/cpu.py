@@ -137,16 +137,18 @@ def prepare_chain(layers, dtype: torch.dtype):
     activations; None for float64 (which then runs layer by layer in fp64).
 
     The native whole-network engine (lth_sparse.sparse.engine.Engine: every layer in one C++
-    call) when the extension has it, else a _Chain (one spmm call per layer). Like _Chain, the
-    engine borrows the tensors' memory where no conversion is needed, so in-place updates of
-    float32 values and bias are seen even when nothing bumps their version counters (fused
-    Adam does not): a copying engine went stale during sparse training's evaluations.
+    call) when the extension has it, else a _Chain (one spmm call per layer). The engine owns
+    copies of the arrays, so it can take its batch-1 path (a transposed copy that skips zero
+    and background inputs: 8.1 vs 12.4 us for a 10.8% LeNet ticket on MNIST images, borrowing),
+    and nothing done to the tensors later can make it read out of bounds. In-place changes are
+    not seen: SparseMLP rebuilds the plan when a version counter moves, and drops it on every
+    graph-recording forward, since fused optimizers update values without bumping them.
     """
     if dtype == torch.float64:
         return None
     from lth_sparse.sparse import engine  # lazy: engine imports the CSR container
     if engine.available()[0]:
-        return engine.Engine.from_chain(layers, copy=False)
+        return engine.Engine.from_chain(layers, copy=True)
     return _Chain(layers)
 
 
